@@ -1,0 +1,215 @@
+"""Typed configuration: dataclass defaults, then one YAML file, then dotted ``key=value`` overrides.
+
+Unknown keys and wrong types are errors that name the key (OmegaConf structured configs do the
+checking). ``load_config`` returns a plain ``Config`` dataclass; ``to_dict`` turns it back into
+the nested dict that is written to ``config.yaml`` and sent to W&B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+MODALITIES = ("audio", "image", "text")
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the generated tri-modal benchmark (see ``mm.data.synthetic``)."""
+
+    seed: int = 0
+    n_train: int = 2000
+    n_val: int = 400
+    n_test: int = 400
+    image_size: int = 32
+    image_noise: float = 0.08
+    text_noise: float = 0.3
+    audio_snr_db: float = 10.0
+    audio_seconds: float = 1.0
+    sample_rate: int = 16000
+
+
+@dataclass
+class DataConfig:
+    """Which data, which modalities, which label."""
+
+    dataset: str = "synthetic"  # "synthetic" or a folder with train/val/test.jsonl
+    task: str = "color_animal"  # synthetic task; its label key is labels.<task>
+    label_key: str = "label"  # dotted key of the label in a manifest row (own data)
+    modalities: list[str] = field(default_factory=lambda: ["text", "image"])
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TextEncoderConfig:
+    source: str = "minilm"  # alias, hub id or local folder
+    trainable: str = "frozen"  # frozen | full
+    max_length: int = 64
+    pooling: str = "mean"  # mean | cls
+
+
+@dataclass
+class ImageEncoderConfig:
+    source: str = "tiny-vit"  # alias, timm hub name, local folder, or arch@file
+    trainable: str = "full"
+
+
+@dataclass
+class AudioEncoderConfig:
+    source: str = "tiny-wav2vec2"
+    trainable: str = "full"
+    freeze_feature_encoder: bool = True
+    max_seconds: float = 10.0
+
+
+@dataclass
+class EncodersConfig:
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+
+
+@dataclass
+class FusionConfig:
+    name: str = "concat"
+    hidden_dim: int = 256
+    num_layers: int = 1  # hidden layers of the fusion MLP
+    dropout: float = 0.1
+
+
+@dataclass
+class HeadConfig:
+    name: str = "classification"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule. ``lr`` is for new modules (fusion, head), ``backbone_lr`` for encoders."""
+
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    backbone_lr: float = 3e-4
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"  # cosine | constant
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    grad_accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    eval_every: int = 0  # optimizer steps between validations; 0 = once per epoch
+    metric: str = "accuracy"  # val metric that picks the best checkpoint
+    metric_mode: str = "max"  # max | min
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    deterministic: bool = True
+    out_dir: str = "runs"
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
+    project: str = "mm"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    job_type: str = "train"
+
+
+@dataclass
+class Config:
+    """One experiment. Every field has a default; a YAML file and overrides change some."""
+
+    name: str | None = None  # run name; default: derived from the config
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and key."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a ``Config`` from defaults, an optional YAML file and dotted overrides.
+
+    Args:
+        path: YAML file with any subset of the schema's keys.
+        overrides: ``["optim.lr=3e-4", "data.modalities=[text,image]"]``.
+
+    Raises:
+        ConfigError: on a missing file, unknown key, wrong type or invalid value.
+    """
+    merged = OmegaConf.structured(Config)
+    where = "defaults"
+    try:
+        if path is not None:
+            where = str(path)
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        where = "command-line overrides"
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{where}: invalid config key '{key}': {msg}") from None
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"invalid value for '{key}': {value!r}; valid: {list(valid)}")
+
+
+def validate(cfg: Config) -> None:
+    """Checks the schema cannot express: choices, ranges, modality names."""
+    if not cfg.data.modalities:
+        raise ConfigError("'data.modalities' is empty; choose from " + ", ".join(MODALITIES))
+    for m in cfg.data.modalities:
+        _choice("data.modalities", m, MODALITIES)
+    for m in MODALITIES:
+        _choice(f"encoders.{m}.trainable", getattr(cfg.encoders, m).trainable, ("frozen", "full"))
+    _choice("encoders.text.pooling", cfg.encoders.text.pooling, ("mean", "cls"))
+    _choice("optim.name", cfg.optim.name, ("adamw", "sgd"))
+    _choice("optim.schedule", cfg.optim.schedule, ("cosine", "constant"))
+    _choice("train.metric_mode", cfg.train.metric_mode, ("max", "min"))
+    _choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp32"))
+    _choice("wandb.mode", cfg.wandb.mode, ("auto", "online", "offline", "disabled"))
+    if cfg.optim.grad_accum_steps < 1:
+        raise ConfigError("'optim.grad_accum_steps' must be >= 1")
+    if cfg.train.batch_size < 1:
+        raise ConfigError("'train.batch_size' must be >= 1")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as a plain nested dict."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,260 @@
+"""The one training loop: ``train(cfg) -> dict``.
+
+Reads top to bottom: set-up (seed, device, run folder), data and model, optimizer and schedule,
+resume, the loop (accumulate, clip, step, log, validate, checkpoint), then the test of the best
+checkpoint. No callbacks: everything a run does is written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mm.checkpoint import load_state, load_weights, save_state, save_weights
+from mm.config import Config, to_dict, to_yaml
+from mm.data import build_splits
+from mm.data.collate import Collator
+from mm.model import MultimodalModel, build_model, parameter_counts
+from mm.optim import build_optimizer, build_scheduler
+from mm.tracking import Tracker
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 otherwise."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def default_run_name(cfg: Config) -> str:
+    data = cfg.data.task if cfg.data.dataset == "synthetic" else Path(cfg.data.dataset).name
+    return f"{data}-{'+'.join(sorted(cfg.data.modalities))}-{cfg.fusion.name}-s{cfg.seed}"
+
+
+def run_folder(cfg: Config) -> Path:
+    """``out_dir/name``; a new run never overwrites an old one (``-2``, ``-3``... are appended)."""
+    base = Path(cfg.train.out_dir) / (cfg.name or default_run_name(cfg))
+    if cfg.train.resume:
+        if not (base / "checkpoints" / "last" / "state.pt").is_file():
+            raise FileNotFoundError(f"train.resume: no checkpoint to resume in {base}/checkpoints/last")
+        return base
+    run_dir, k = base, 1
+    while run_dir.exists():
+        k += 1
+        run_dir = base.with_name(f"{base.name}-{k}")
+    return run_dir
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches of one epoch: a permutation drawn from (seed, epoch) alone, so a
+    resumed run sees exactly the batches an uninterrupted one would."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, precision: str) -> dict[str, float]:
+    """Loss and the head's metrics over a whole split."""
+    model.eval()
+    logits, labels, loss_sum, n = [], [], 0.0, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            out = model(batch)
+        loss_sum += model.head.loss(out, batch).item() * len(batch["label"])
+        n += len(batch["label"])
+        logits.append(out.float().cpu())
+        labels.append(batch["label"].cpu())
+    metrics = model.head.metrics(torch.cat(logits), torch.cat(labels))
+    return {"loss": loss_sum / n, **metrics}
+
+
+def train_step(model: MultimodalModel, batch: dict, device: torch.device, precision: str, scale: float) -> float:
+    """Forward and backward of one micro-batch; the loss is scaled for gradient accumulation."""
+    batch = to_device(batch, device)
+    with autocast(device, precision):
+        logits = model(batch)
+    loss = model.head.loss(logits, batch)
+    (loss * scale).backward()
+    return loss.item()
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train the model a config describes; return the final metrics and where everything went.
+
+    Returns:
+        ``{"run_dir", "best_step", "val": {...}, "test": {...}, "params": {...}, ...}``, also
+        written to ``run_dir/results.json``.
+    """
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed, cfg.train.deterministic)
+    device = pick_device(cfg.train.device)
+    run_dir = run_folder(cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    resume_state = load_state(ckpt_dir / "last" / "state.pt") if cfg.train.resume else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    # Data first needs the encoders' preprocessing, so the encoders are built with the model;
+    # the class list comes from the training split (or the checkpoint, on resume).
+    classes = resume_state["classes"] if resume_state else None
+    if classes is None:
+        from mm.data import resolve_dataset
+        from mm.data.manifest import label_vocabulary, read_manifest
+
+        root, label_key = resolve_dataset(cfg.data)
+        classes = label_vocabulary(read_manifest(root / "train.jsonl"), label_key)
+    model = build_model(cfg, num_classes=len(classes)).to(device)
+    splits, classes = build_splits(cfg.data, dict(model.encoders), classes)
+    (run_dir / "classes.json").write_text(json.dumps(classes))
+    collate = Collator(cfg.data.modalities, dict(model.encoders))
+
+    def loader(split: str, batch_sampler=None) -> DataLoader:
+        kwargs: dict[str, Any] = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": cfg.train.eval_batch_size}
+        # A private generator keeps DataLoader from drawing on the global RNG (dropout's).
+        return DataLoader(splits[split], collate_fn=collate, num_workers=cfg.data.num_workers,
+                          generator=torch.Generator(), pin_memory=device.type == "cuda", **kwargs)
+
+    # Schedule length: optimizer steps per epoch (accumulated micro-batches) x epochs.
+    accum = cfg.optim.grad_accum_steps
+    n_train = len(splits["train"])
+    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / accum)
+    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    eval_every = cfg.train.eval_every or steps_per_epoch
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    metric_key = f"val/{cfg.train.metric}"
+    better = (lambda a, b: a > b) if cfg.train.metric_mode == "max" else (lambda a, b: a < b)
+
+    # Resume: weights, optimizer, schedule, counters and the RNG all continue where they stopped.
+    step, best_value, best_step = 0, None, -1
+    if resume_state:
+        load_weights(model, ckpt_dir / "last" / "model.safetensors")
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        step, best_value, best_step = resume_state["step"], resume_state["best_value"], resume_state["best_step"]
+        torch.set_rng_state(resume_state["rng"])
+    counts = parameter_counts(model)
+    tracker = Tracker(
+        run_dir, to_dict(cfg), mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+        group=cfg.wandb.group, name=run_dir.name, tags=cfg.wandb.tags, job_type=cfg.wandb.job_type,
+        resume_step=step if resume_state else None,
+    )
+    tracker.summary(counts)
+
+    def checkpoint() -> None:
+        save_weights(model, ckpt_dir / "last" / "model.safetensors")
+        save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "best_value": best_value, "best_step": best_step, "rng": torch.get_rng_state(),
+                    "classes": classes}, ckpt_dir / "last" / "state.pt")
+
+    progress = _progress(total_steps, step, cfg.train.progress)
+    postfix: dict[str, str] = {}
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
+    while step < total_steps:
+        # One epoch's batches, grouped into optimizer steps; a resumed run skips those done.
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        micro = epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch)
+        groups = [micro[i : i + accum] for i in range(0, len(micro), accum)][done_in_epoch:]
+        batches = iter(loader("train", [idx for group in groups for idx in group]))
+        for group in groups:
+            # Accumulate gradients over the group's micro-batches, then clip and step.
+            for _ in group:
+                batch = next(batches)
+                window_loss += train_step(model, batch, device, cfg.train.precision, 1.0 / len(group))
+                window_n += 1
+                samples += len(batch["label"])
+            if cfg.optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm
+                )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+
+            # Log the running train loss and learning rates every 10 steps and before each
+            # validation (so a resumed run's windows line up with an uninterrupted one's).
+            is_eval = step % eval_every == 0 or step == total_steps
+            if step % 10 == 0 or is_eval:
+                elapsed = time.perf_counter() - window_t
+                lrs = {f"train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
+                tracker.log({"train/loss": window_loss / window_n, "train/epoch": step / steps_per_epoch,
+                             "train/samples_per_s": samples / elapsed, **lrs}, step)
+                postfix["loss"] = f"{window_loss / window_n:.3f}"
+                progress.set_postfix(postfix)
+                window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
+
+            # Validate; keep the best weights by the chosen metric; checkpoint for --resume.
+            if is_eval:
+                val = {f"val/{k}": v for k, v in evaluate(model, loader("val"), device, cfg.train.precision).items()}
+                model.train()
+                tracker.log(val, step)
+                if metric_key not in val:
+                    raise KeyError(f"train.metric: {cfg.train.metric!r} is not a val metric; have {sorted(val)}")
+                if best_value is None or better(val[metric_key], best_value):
+                    best_value, best_step = val[metric_key], step
+                    save_weights(model, ckpt_dir / "best" / "model.safetensors")
+                postfix[f"val_{cfg.train.metric}"] = f"{val[metric_key]:.3f}"
+                progress.set_postfix(postfix)
+                checkpoint()
+            if step >= total_steps:
+                break
+    progress.close()
+
+    # Test the best checkpoint (the one validation chose), never the last one by default.
+    load_weights(model, ckpt_dir / "best" / "model.safetensors")
+    val = evaluate(model, loader("val"), device, cfg.train.precision)
+    test = evaluate(model, loader("test"), device, cfg.train.precision)
+    tracker.log({**{f"test/{k}": v for k, v in test.items()}}, step)
+    results = {
+        "run_dir": str(run_dir), "best_step": best_step, "steps": step, "val": val, "test": test,
+        "classes": len(classes), "params": counts, "wall_time_s": round(time.perf_counter() - t_start, 2),
+    }
+    tracker.summary({f"best/{metric_key}": best_value, "best/step": best_step,
+                     **{f"test/{k}": v for k, v in test.items()}})
+    tracker.finish()
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Train a multimodal model.
+
+    python scripts/train.py [--config FILE] [--modalities text,image] [--resume [RUN_DIR]] [key=value ...]
+
+Examples:
+    python scripts/train.py --modalities text,image
+    python scripts/train.py --config configs/hub_gpu.yaml train.epochs=5 optim.lr=3e-4
+    python scripts/train.py --resume runs/color_animal-image+text-concat-s0
+
+The last line printed on stdout is a one-line JSON summary (run_dir, val and test metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mm.config import ConfigError, load_config  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train a multimodal model (mm). Dotted key=value overrides follow the options.",
+        epilog="Config keys: see the README's config reference or mm/config.py.",
+    )
+    parser.add_argument("--config", help="YAML experiment file (defaults apply to missing keys)")
+    parser.add_argument("--modalities", help="comma-separated subset of text,image,audio (sets data.modalities)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                        help="continue from the last checkpoint: of RUN_DIR (its config.yaml is reused), "
+                             "or of the run this command would otherwise start")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    config = args.config
+    if isinstance(args.resume, str):
+        run_dir = Path(args.resume)
+        config = config or str(run_dir / "config.yaml")
+        overrides += [f"name={run_dir.name}", f"train.out_dir={run_dir.parent}"]
+    if args.resume:
+        overrides.append("train.resume=true")
+    if args.modalities:
+        overrides.append(f"data.modalities=[{args.modalities}]")
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from mm.train import train
+
+    results = train(cfg)
+    summary = {"run_dir": results["run_dir"], "best_step": results["best_step"],
+               "val": results["val"], "test": results["test"], "wall_time_s": results["wall_time_s"]}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
