@@ -14,8 +14,10 @@ can be checked against it (``empirical_ceiling``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import io
 import itertools
 import json
 import os
@@ -56,6 +58,12 @@ class TaskSpec:
     label: Callable[[dict[str, str]], str]
 
 
+def _trimodal_label(f: dict[str, str]) -> str:
+    warmth = "warm" if f["color"] in ("red", "yellow") else "cool"
+    kind = "mammal" if f["animal"] in ("cat", "dog") else "other"
+    return f"{warmth}-{kind}-{f['pitch']}"
+
+
 FACTORS: dict[str, FactorSpec] = {
     "color": FactorSpec(("red", "green", "blue", "yellow"), frozenset({"image"})),
     "shape": FactorSpec(("circle", "square", "triangle"), frozenset({"image", "text"})),
@@ -68,7 +76,9 @@ FACTORS: dict[str, FactorSpec] = {
 
 TASKS: dict[str, TaskSpec] = {
     "color_animal": TaskSpec(
-        "colour of the shape (image) and animal named (text): needs both", ("color", "animal"), lambda f: f"{f['color']}-{f['animal']}"
+        "colour of the shape (image) and animal named (text): needs both",
+        ("color", "animal"),
+        lambda f: f"{f['color']}-{f['animal']}",
     ),
     "match": TaskSpec(
         "does the caption's brightness claim match the picture? interaction, late fusion fails",
@@ -78,11 +88,17 @@ TASKS: dict[str, TaskSpec] = {
     "trimodal": TaskSpec(
         "warm/cool colour (image), mammal or not (text), pitch (audio): needs all three",
         ("color", "animal", "pitch"),
-        lambda f: f"{'warm' if f['color'] in ('red', 'yellow') else 'cool'}-{'mammal' if f['animal'] in ('cat', 'dog') else 'other'}-{f['pitch']}",
+        _trimodal_label,
     ),
-    "color": TaskSpec("colour of the shape: the image alone solves it (transfer source)", ("color",), lambda f: f["color"]),
+    "color": TaskSpec(
+        "colour of the shape: the image alone solves it (transfer source)", ("color",), lambda f: f["color"]
+    ),
     "shape": TaskSpec("shape: redundant, image or text alone solves it", ("shape",), lambda f: f["shape"]),
-    "count": TaskSpec("number of beeps / objects: redundant, text or audio alone solves it", ("count",), lambda f: f["count"]),
+    "count": TaskSpec(
+        "number of beeps / objects: redundant, text or audio alone solves it",
+        ("count",),
+        lambda f: f["count"],
+    ),
     "pitch": TaskSpec("low or high tone: the audio alone solves it", ("pitch",), lambda f: f["pitch"]),
 }
 
@@ -101,7 +117,10 @@ def task_label(task: str, factors: dict[str, str]) -> str:
 
 def _grid() -> list[dict[str, str]]:
     """Every joint factor assignment; each is equally likely."""
-    return [dict(zip(FACTORS, values, strict=True)) for values in itertools.product(*(f.values for f in FACTORS.values()))]
+    return [
+        dict(zip(FACTORS, values, strict=True))
+        for values in itertools.product(*(f.values for f in FACTORS.values()))
+    ]
 
 
 def task_classes(task: str) -> tuple[str, ...]:
@@ -131,9 +150,12 @@ def ceiling(task: str, modalities: Iterable[str]) -> float:
     Computed exactly over the joint factor grid: the sum over visible-factor assignments v of
     P(v) * max_y P(y | v). With no modalities this is the majority-class rate.
     """
-    visible = _visible(modalities)
-    _task(task)
-    return float(_majority_accuracy((tuple(f[k] for k in visible), task_label(task, f)) for f in _grid()))
+    return float(_exact_ceiling(task, _visible(modalities)))
+
+
+@functools.cache
+def _exact_ceiling(task: str, visible: tuple[str, ...]) -> Fraction:
+    return _majority_accuracy((tuple(f[k] for k in visible), task_label(task, f)) for f in _grid())
 
 
 def subset_key(modalities: Iterable[str]) -> str:
@@ -165,7 +187,8 @@ def empirical_ceiling(rows: list[dict], task: str, modalities: Iterable[str]) ->
 
 def _sample(seed: int, split: str, index: int, params: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     """Draws one sample's factors, picture, caption and clip from its own random streams."""
-    factor_ss, image_ss, text_ss, audio_ss = np.random.SeedSequence([seed, SPLITS.index(split), index]).spawn(4)
+    streams = np.random.SeedSequence([seed, SPLITS.index(split), index]).spawn(4)
+    factor_ss, image_ss, text_ss, audio_ss = streams
     frng = np.random.default_rng(factor_ss)
     factors = {name: spec.values[int(frng.integers(len(spec.values)))] for name, spec in FACTORS.items()}
     image = render_image(
@@ -234,15 +257,27 @@ def generate(
         for index in range(n):
             row, image, audio = _sample(seed, split, index, params)
             Image.fromarray(image, mode="RGB").save(root / row["image"])
-            sf.write(root / row["audio"], audio, sample_rate, subtype="PCM_16", format="WAV")
+            wav = io.BytesIO()  # soundfile flushes slowly to disk files; write the bytes at once
+            sf.write(wav, audio, sample_rate, subtype="PCM_16", format="WAV")
+            (root / row["audio"]).write_bytes(wav.getvalue())
             lines.append(json.dumps(row) + "\n")
         (root / f"{split}.jsonl").write_text("".join(lines))
 
     meta = {
         "format_version": FORMAT_VERSION,
         "params": params,
-        "factors": {name: {"values": list(f.values), "modalities": sorted(f.modalities)} for name, f in FACTORS.items()},
-        "tasks": {name: {"description": t.description, "factors": list(t.factors), "classes": list(task_classes(name))} for name, t in TASKS.items()},
+        "factors": {
+            name: {"values": list(f.values), "modalities": sorted(f.modalities)}
+            for name, f in FACTORS.items()
+        },
+        "tasks": {
+            name: {
+                "description": t.description,
+                "factors": list(t.factors),
+                "classes": list(task_classes(name)),
+            }
+            for name, t in TASKS.items()
+        },
         "ceilings": ceiling_table(),
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -269,7 +304,9 @@ def ensure_synthetic(cache_root: Path, **params) -> Path:
         **params: Keyword arguments of ``generate``.
     """
     resolved = _resolve_params(params)
-    digest = hashlib.sha256(json.dumps({**resolved, "format_version": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        json.dumps({**resolved, "format_version": FORMAT_VERSION}, sort_keys=True).encode()
+    ).hexdigest()[:12]
     final = Path(cache_root) / "synthetic" / digest
     if (final / COMPLETE_MARKER).exists():
         return final

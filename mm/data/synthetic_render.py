@@ -44,7 +44,8 @@ def render_image(
         A ``uint8`` array of shape ``[size, size, 3]``.
     """
     gray = int(rng.integers(*BACKGROUND_GRAY[brightness], endpoint=True))
-    fill = tuple(int(c) for c in np.clip(np.array(COLOR_RGB[color]) + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3), 0, 255))
+    jitter = rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3)
+    fill = tuple(int(c) for c in np.clip(np.array(COLOR_RGB[color]) + jitter, 0, 255))
     diameter = rng.uniform(0.4, 0.6) * size
     margin = max(3, size // 10)
     low, high = margin + diameter / 2, size - margin - diameter / 2
@@ -53,7 +54,8 @@ def render_image(
     s = SUPERSAMPLE
     canvas = Image.new("RGB", (size * s, size * s), (gray, gray, gray))
     draw = ImageDraw.Draw(canvas)
-    left, top, right, bottom = ((cx - diameter / 2) * s, (cy - diameter / 2) * s, (cx + diameter / 2) * s, (cy + diameter / 2) * s)
+    half = diameter / 2
+    left, top, right, bottom = (cx - half) * s, (cy - half) * s, (cx + half) * s, (cy + half) * s
     if shape == "circle":
         draw.ellipse((left, top, right, bottom), fill=fill)
     elif shape == "square":
@@ -135,7 +137,11 @@ CLAIM_WORDS: dict[str, tuple[str, ...]] = {
     "dark": ("dark", "dim", "shadowy", "black"),
     "light": ("light", "bright", "pale", "white"),
 }
-COUNT_WORDS: dict[str, tuple[str, ...]] = {"1": ("one", "a single"), "2": ("two", "a pair of"), "3": ("three", "a trio of")}
+COUNT_WORDS: dict[str, tuple[str, ...]] = {
+    "1": ("one", "a single"),
+    "2": ("two", "a pair of"),
+    "3": ("three", "a trio of"),
+}
 
 TEMPLATES: tuple[str, ...] = (
     "{objects} beside a {animal} against a {claim} background.",
@@ -148,7 +154,13 @@ TEMPLATES: tuple[str, ...] = (
     "a {claim} scene: {objects} and a {animal}.",
 )
 # Irrelevant phrases; they must never use a word from ``factor_vocabulary()``.
-PREFIXES: tuple[str, ...] = ("in this scene, ", "apparently, ", "believe it or not, ", "for what it is worth, ", "at first glance, ")
+PREFIXES: tuple[str, ...] = (
+    "in this scene, ",
+    "apparently, ",
+    "believe it or not, ",
+    "for what it is worth, ",
+    "at first glance, ",
+)
 SUFFIXES: tuple[str, ...] = (
     " Nothing else happens.",
     " The weather was calm that day.",
@@ -159,7 +171,9 @@ SUFFIXES: tuple[str, ...] = (
 )
 
 
-def render_text(rng: np.random.Generator, *, shape: str, animal: str, claim: str, count: str, filler_prob: float) -> str:
+def render_text(
+    rng: np.random.Generator, *, shape: str, animal: str, claim: str, count: str, filler_prob: float
+) -> str:
     """Writes a caption naming the shape, the count, the animal and the claimed background.
 
     Args:
@@ -179,7 +193,9 @@ def render_text(rng: np.random.Generator, *, shape: str, animal: str, claim: str
 
     singular, plural = pick(SHAPE_WORDS[shape])
     objects = f"{pick(COUNT_WORDS[count])} {singular if count == '1' else plural}"
-    caption = pick(TEMPLATES).format(objects=objects, animal=pick(ANIMAL_WORDS[animal]), claim=pick(CLAIM_WORDS[claim]))
+    caption = pick(TEMPLATES).format(
+        objects=objects, animal=pick(ANIMAL_WORDS[animal]), claim=pick(CLAIM_WORDS[claim])
+    )
     if rng.random() < filler_prob:
         if rng.random() < 0.5:
             caption = pick(PREFIXES) + caption

@@ -1,0 +1,92 @@
+"""Audio encoder: a wav2vec2-style model and the feature extractor of the same checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoFeatureExtractor, AutoModel
+
+from mm.encoders.base import Encoder, EncoderOutput, masked_mean
+from mm.encoders.sources import resolve_source
+
+
+class AudioEncoder(Encoder):
+    """A pretrained speech transformer over ~20 ms feature frames, mean-pooled over real frames.
+
+    Args:
+        source: alias (``tiny-wav2vec2``), hub id (``facebook/wav2vec2-base``) or a local folder
+            holding a ``save_pretrained`` checkpoint with its ``preprocessor_config.json``.
+        trainable: ``frozen`` or ``full``.
+        freeze_feature_encoder: with ``full``, keep the convolutional feature encoder
+            (``backbone.feature_extractor``) frozen, as wav2vec2 fine-tuning recipes do.
+        max_seconds: waves are cropped to this duration by ``featurize``.
+
+    Attributes:
+        extractor: the checkpoint's feature extractor (normalisation, padding).
+        sample_rate: the rate, in Hz, the checkpoint expects its waves at.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        trainable: str = "frozen",
+        freeze_feature_encoder: bool = True,
+        max_seconds: float = 10.0,
+    ):
+        super().__init__()
+        path = resolve_source(source)
+        self.source = source
+        self.freeze_feature_encoder = freeze_feature_encoder
+        self.extractor = AutoFeatureExtractor.from_pretrained(path)
+        self.backbone = AutoModel.from_pretrained(path)
+        self.sample_rate = int(self.extractor.sampling_rate)
+        self.max_samples = int(max_seconds * self.sample_rate)
+        self.out_dim = self.backbone.config.hidden_size
+        self.set_trainable(trainable)
+
+    def set_trainable(self, policy: str) -> None:
+        """Apply ``frozen`` / ``full``; ``full`` spares the conv feature encoder if asked to."""
+        super().set_trainable(policy)
+        if policy == "full" and self.freeze_feature_encoder:
+            self.backbone.freeze_feature_encoder()
+
+    def featurize(self, waves: list[np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Crop, normalise and pad a batch of mono waves at ``sample_rate``.
+
+        Each wave is normalised to zero mean and unit variance over its own samples (never its
+        padding), so a wave's features do not depend on what it is batched with.
+
+        Returns:
+            ``input_values`` ``Float[B, S]`` and ``attention_mask`` ``Long[B, S]`` (1 on real
+            samples), with ``S`` the longest cropped wave.
+        """
+        arrays = []
+        for i, wave in enumerate(waves):
+            if isinstance(wave, torch.Tensor):
+                wave = wave.detach().cpu().numpy()
+            wave = np.asarray(wave, dtype=np.float32)
+            if wave.ndim != 1 or wave.size == 0:
+                raise ValueError(f"wave {i} must be mono and non-empty, got shape {wave.shape}")
+            arrays.append(wave[: self.max_samples])
+        batch = self.extractor(
+            arrays,
+            sampling_rate=self.sample_rate,
+            padding="longest",
+            return_attention_mask=True,  # needed for per-wave normalisation and frame masks
+            return_tensors="pt",
+        )
+        return {
+            "input_values": batch["input_values"].float(),
+            "attention_mask": batch["attention_mask"].long(),
+        }
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        values, sample_mask = inputs["input_values"], inputs["attention_mask"]
+        # Checkpoints trained without attention masks (wav2vec2-base) expect zero padding only.
+        kwargs = {"attention_mask": sample_mask} if self.extractor.return_attention_mask else {}
+        tokens = self.backbone(values, **kwargs).last_hidden_state  # [B, T, D]
+        # Frames whose receptive field lies within the real samples.
+        frame_lengths = self.backbone._get_feat_extract_output_lengths(sample_mask.sum(-1))
+        frames = torch.arange(tokens.shape[1], device=tokens.device)
+        mask = frames[None, :] < frame_lengths[:, None]  # [B, T]
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from mm.data.collate import Collator
+from mm.data.manifest import ManifestDataset, ManifestError, label_vocabulary, read_manifest
+
+
+def write_manifest(root, rows, split="train"):
+    (root / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_bad_json_names_file_and_line(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "ok", "label": 1}\n{"text": broken}\n')
+    with pytest.raises(ManifestError, match=r"train\.jsonl:2: invalid JSON"):
+        read_manifest(tmp_path / "train.jsonl")
+
+
+def test_missing_label_and_unknown_label_name_the_line(tmp_path):
+    write_manifest(tmp_path, [{"text": "a", "label": "x"}, {"text": "b"}])
+    with pytest.raises(ManifestError, match=r"train\.jsonl:2: no label at key 'label'"):
+        label_vocabulary(read_manifest(tmp_path / "train.jsonl"), "label")
+    write_manifest(tmp_path, [{"text": "a", "label": "x"}, {"text": "b", "label": "z"}], "val")
+    with pytest.raises(ManifestError, match=r"val\.jsonl:2: label 'z'"):
+        ManifestDataset(tmp_path, "val", ["text"], "label", ["x", "y"])
+
+
+def test_missing_media_file_names_row_and_path(tmp_path):
+    write_manifest(tmp_path, [{"image": "img/nope.png", "label": 0}])
+    with pytest.raises(ManifestError, match=r"train\.jsonl:1: image file not found: .*nope\.png"):
+        ManifestDataset(tmp_path, "train", ["image"], "label", [0], image_transform=lambda x: x)
+
+
+def test_dotted_label_key_and_sorted_vocabulary(tmp_path):
+    write_manifest(tmp_path, [{"labels": {"t": "b"}}, {"labels": {"t": "a"}}, {"labels": {"t": "b"}}])
+    rows = read_manifest(tmp_path / "train.jsonl")
+    assert label_vocabulary(rows, "labels.t") == ["a", "b"]
+    ds = ManifestDataset(tmp_path, "train", ["text"], "labels.t", ["a", "b"])
+    assert ds.labels == [1, 0, 1]
+
+
+class FakeText:
+    def tokenize(self, texts):
+        lens = [len(t.split()) for t in texts]
+        T = max(lens)
+        ids = torch.zeros(len(texts), T, dtype=torch.long)
+        for i, n in enumerate(lens):
+            ids[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
+
+class FakeAudio:
+    sample_rate = 16000
+
+    def featurize(self, waves):
+        S = max(len(w) for w in waves)
+        x = torch.zeros(len(waves), S)
+        m = torch.zeros(len(waves), S, dtype=torch.long)
+        for i, w in enumerate(waves):
+            x[i, : len(w)] = torch.as_tensor(w)
+            m[i, : len(w)] = 1
+        return {"input_values": x, "attention_mask": m}
+
+
+def test_dataset_and_collate_with_a_missing_modality(tmp_path):
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
+    sf.write(tmp_path / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    write_manifest(tmp_path, [
+        {"text": "one two three", "image": "a.png", "audio": "a.wav", "label": "x"},
+        {"text": "one", "audio": "a.wav", "label": "y"},
+    ])
+    to_tensor = lambda img: torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255  # noqa: E731
+    ds = ManifestDataset(tmp_path, "train", ["text", "image", "audio"], "label", ["x", "y"], to_tensor, 16000)
+    collate = Collator(["text", "image", "audio"], {"text": FakeText(), "audio": FakeAudio()})
+    batch = collate([ds[0], ds[1]])
+    assert batch["label"].tolist() == [0, 1]
+    assert batch["present"]["image"].tolist() == [True, False]
+    assert batch["present"]["text"].tolist() == [True, True]
+    assert batch["image"]["pixel_values"].shape == (2, 3, 8, 8)
+    assert batch["image"]["pixel_values"][0, 0].eq(1).all() and batch["image"]["pixel_values"][1].eq(0).all()
+    assert batch["text"]["attention_mask"].sum(1).tolist() == [3, 1]
+    assert batch["audio"]["input_values"].shape == (2, 1600)

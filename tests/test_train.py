@@ -1,0 +1,113 @@
+"""End to end: short CPU runs on the synthetic benchmark through the real loop."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mm.train as mm_train
+from mm.config import load_config
+from mm.data.synthetic import ceiling
+from mm.tracking import read_offline_history
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "data.synthetic.n_train=640", "data.synthetic.n_val=160", "data.synthetic.n_test=160",
+    "train.batch_size=32", "train.progress=false", "wandb.mode=disabled",
+]
+
+
+def small_cfg(tmp_path, *extra):
+    return load_config(None, [*SMALL, f"train.out_dir={tmp_path}", *extra])
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = small_cfg(out, "train.epochs=4", "wandb.mode=offline")
+    return cfg, mm_train.train(cfg)
+
+
+def test_training_learns_beyond_unimodal_ceilings(learned):
+    cfg, results = learned
+    run_dir = Path(results["run_dir"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    best_unimodal = max(ceiling("color_animal", [m]) for m in ("text", "image"))
+    assert best_unimodal == 0.25
+    assert results["test"]["accuracy"] > best_unimodal + 0.4
+    for name in ("config.yaml", "results.json", "classes.json", "checkpoints/best/model.safetensors",
+                 "checkpoints/last/model.safetensors", "checkpoints/last/state.pt"):
+        assert (run_dir / name).is_file(), name
+    assert load_config(run_dir / "config.yaml") == cfg
+    state = torch.load(run_dir / "checkpoints/last/state.pt", weights_only=True)
+    assert state["step"] == results["steps"]
+
+
+def test_frozen_text_backbone_is_bit_identical_after_training(learned):
+    _, results = learned
+    from mm.encoders.text import TextEncoder
+
+    fresh = TextEncoder("minilm", trainable="frozen").backbone.state_dict()
+    trained = load_file(Path(results["run_dir"]) / "checkpoints/best/model.safetensors")
+    prefix = "encoders.text.backbone."
+    keys = [k for k in trained if k.startswith(prefix)]
+    assert len(keys) == len(fresh)
+    for k in keys:
+        assert torch.equal(trained[k], fresh[k[len(prefix):]]), k
+
+
+def test_wandb_offline_history_equals_metrics_jsonl(learned):
+    _, results = learned
+    run_dir = Path(results["run_dir"])
+    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = read_offline_history(run_dir)
+    assert len(logged) == len(local) > 0
+    for w, j in zip(logged, local, strict=True):
+        assert w["global_step"] == j["step"]
+        assert {k: v for k, v in w.items() if k in j} == {k: v for k, v in j.items() if k != "step"}
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    args = ["train.max_steps=12", "train.eval_every=4", "encoders.text.source=tiny-bert",
+            "encoders.text.trainable=full", "data.synthetic.n_train=192"]
+    full = mm_train.train(small_cfg(tmp_path / "a", *args))
+
+    calls = {"n": 0}
+    real_step = mm_train.train_step
+
+    def crashing_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 7:  # dies during step 8, after the checkpoint at step 4
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(mm_train, "train_step", crashing_step)
+    cfg = small_cfg(tmp_path / "b", *args)
+    with pytest.raises(KeyboardInterrupt):
+        mm_train.train(cfg)
+    monkeypatch.setattr(mm_train, "train_step", real_step)
+    cfg.train.resume = True
+    resumed = mm_train.train(cfg)
+
+    assert resumed["steps"] == full["steps"] == 12
+    assert resumed["val"] == full["val"] and resumed["test"] == full["test"]
+    a = load_file(Path(full["run_dir"]) / "checkpoints/last/model.safetensors")
+    b = load_file(Path(resumed["run_dir"]) / "checkpoints/last/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (Path(resumed["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (Path(full["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if "samples_per_s" not in k}  # noqa: E731
+    assert [strip(r) for r in rows] == [strip(r) for r in ref]
+
+
+def test_cli_help_and_config_errors():
+    help_out = subprocess.run([sys.executable, "scripts/train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert help_out.returncode == 0 and "--modalities" in help_out.stdout and "--resume" in help_out.stdout
+    bad = subprocess.run([sys.executable, "scripts/train.py", "optim.lrr=1"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "optim.lrr" in bad.stderr
