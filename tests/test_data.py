@@ -73,7 +73,7 @@ def test_dataset_and_collate_with_a_missing_modality(tmp_path):
         {"text": "one two three", "image": "a.png", "audio": "a.wav", "label": "x"},
         {"text": "one", "audio": "a.wav", "label": "y"},
     ])
-    to_tensor = lambda img: torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255  # noqa: E731
+    to_tensor = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # noqa: E731
     ds = ManifestDataset(tmp_path, "train", ["text", "image", "audio"], "label", ["x", "y"], to_tensor, 16000)
     collate = Collator(["text", "image", "audio"], {"text": FakeText(), "audio": FakeAudio()})
     batch = collate([ds[0], ds[1]])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from mm.encoders.base import Encoder, EncoderOutput, masked_mean
 from mm.encoders.sources import resolve_source
@@ -24,7 +26,18 @@ def load_text_backbone(path: str) -> torch.nn.Module:
     kwargs = {}
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False
-    return AutoModel.from_pretrained(path, config=config, **kwargs)
+    # Load quietly, then report what matters ourselves: the dropped pooler's unused weights are
+    # expected; a backbone weight missing from the checkpoint (left at random init) is not.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModel.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        warnings.warn(f"{path}: {len(info['missing_keys'])} backbone weights not in the checkpoint, "
+                      f"randomly initialised: {sorted(info['missing_keys'])[:5]}...", stacklevel=2)
+    return model
 
 
 class TextEncoder(Encoder):
