@@ -42,6 +42,7 @@ class DataConfig:
     label_key: str = "label"  # dotted key of the label in a manifest row (own data)
     modalities: list[str] = field(default_factory=lambda: ["text", "image"])
     num_workers: int = 0
+    modality_dropout: float = 0.0  # train-time probability of dropping each modality of a sample
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

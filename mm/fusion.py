@@ -1,4 +1,4 @@
-"""Fusion modules: ``dict[str, EncoderOutput] -> Tensor[B, out_dim]``.
+"""Fusion modules: ``(dict[str, EncoderOutput], presence masks) -> Tensor[B, out_dim]``.
 
 Every fusion iterates modalities in sorted order and keeps per-modality modules in an
 ``nn.ModuleDict``, so results never depend on dict insertion order.
@@ -40,7 +40,7 @@ class ConcatFusion(nn.Module):
         self.norms = nn.ModuleDict({m: nn.LayerNorm(in_dims[m]) for m in self.modalities})
         self.mlp, self.out_dim = mlp(sum(in_dims.values()), hidden_dim, num_layers, dropout)
 
-    def forward(self, outputs: dict[str, EncoderOutput]) -> torch.Tensor:
+    def forward(self, outputs: dict[str, EncoderOutput], present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         feats = [self.norms[m](outputs[m].pooled) for m in self.modalities]
         return self.mlp(torch.cat(feats, dim=-1))  # [B, sum(D_m)] -> [B, out_dim]
 

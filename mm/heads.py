@@ -30,10 +30,10 @@ class ClassificationHead(nn.Module):
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["label"])
 
-    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Metrics over a whole split: ``logits [N, C]`` and ``labels [N]``."""
-        pred = logits.argmax(-1).cpu().numpy()
-        true = labels.cpu().numpy()
+    def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
+        """Metrics over a whole split from its batches' ``logits [B, C]`` and ``labels [B]``."""
+        pred = torch.cat(logits).argmax(-1).cpu().numpy()
+        true = torch.cat(labels).cpu().numpy()
         return {
             "accuracy": float(np.mean(pred == true)),
             "macro_f1": float(f1_score(true, pred, average="macro", labels=np.arange(self.num_classes), zero_division=0)),

@@ -15,29 +15,72 @@ from mm.heads import build_head
 
 
 class MultimodalModel(nn.Module):
-    """Encoders -> fusion -> head.
+    """Encoders -> (missing-modality handling) -> fusion -> head.
+
+    A sample whose modality is absent (``batch["present"][m]`` False: missing in the manifest,
+    removed at test time, or dropped by modality dropout) has that modality's pooled feature
+    replaced by a learned "missing" embedding and its tokens by that embedding as a single token.
+    Fusions also receive the presence masks, so averaging fusions can skip absent modalities.
 
     Args:
         encoders: modality -> encoder (keys are the model's modalities).
-        fusion: maps ``dict[str, EncoderOutput]`` to fused features.
+        fusion: maps ``dict[str, EncoderOutput]`` (and presence masks) to fused features.
         head: maps fused features to logits and owns loss and metrics.
+        modality_dropout: during training, the probability of dropping each modality of each
+            sample (never all of a sample's present modalities).
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module):
+    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module,
+                 modality_dropout: float = 0.0):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.head = head
+        self.modality_dropout = modality_dropout
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(e.out_dim)) for m, e in encoders.items()})
 
     @property
     def modalities(self) -> list[str]:
         return sorted(self.encoders)
 
+    def presence(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-sample presence masks ``{m: Bool[B]}``, after modality dropout when training."""
+        B = len(batch["label"])
+        present = {m: batch.get("present", {}).get(m, torch.ones(B, dtype=torch.bool, device=batch["label"].device))
+                   for m in self.modalities}
+        if self.training and self.modality_dropout > 0 and len(self.modalities) > 1:
+            stacked = torch.stack([present[m] for m in self.modalities], 1)  # [B, M]
+            keep = torch.rand(stacked.shape, device=stacked.device) >= self.modality_dropout
+            dropped = stacked & keep
+            # A sample that would lose every modality keeps what it had.
+            dropped = torch.where(dropped.any(1, keepdim=True), dropped, stacked)
+            present = {m: dropped[:, i] for i, m in enumerate(self.modalities)}
+        return present
+
     def encode(self, batch: dict[str, Any]) -> dict[str, EncoderOutput]:
         return {m: self.encoders[m](batch[m]) for m in self.modalities}
 
+    def fill_missing(self, outputs: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> dict[str, EncoderOutput]:
+        """Absent samples get the learned missing embedding as pooled feature and as their one token."""
+        filled = {}
+        for m, out in outputs.items():
+            p = present[m]
+            if bool(p.all()):
+                filled[m] = out
+                continue
+            emb = self.missing[m].to(out.pooled.dtype)
+            pooled = torch.where(p[:, None], out.pooled, emb)
+            tokens = torch.where(p[:, None, None], out.tokens, emb.expand_as(out.tokens))
+            first = torch.zeros_like(out.mask)
+            first[:, 0] = True
+            mask = torch.where(p[:, None], out.mask, first)
+            filled[m] = EncoderOutput(tokens, mask, pooled)
+        return filled
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.head(self.fusion(self.encode(batch)))
+        present = self.presence(batch)
+        outputs = self.fill_missing(self.encode(batch), present)
+        return self.head(self.fusion(outputs, present))
 
 
 def build_model(cfg: Config, num_classes: int) -> MultimodalModel:
@@ -54,7 +97,7 @@ def build_model(cfg: Config, num_classes: int) -> MultimodalModel:
         dropout=cfg.fusion.dropout,
     )
     head = build_head(cfg.head.name, fusion.out_dim, num_classes)
-    return MultimodalModel(encoders, fusion, head)
+    return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.data.modality_dropout)
 
 
 def parameter_counts(model: MultimodalModel) -> dict[str, int]:

@@ -97,7 +97,7 @@ def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, p
         n += len(batch["label"])
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
-    metrics = model.head.metrics(torch.cat(logits), torch.cat(labels))
+    metrics = model.head.metrics(logits, labels)
     return {"loss": loss_sum / n, **metrics}
 
 
@@ -213,7 +213,7 @@ def train(cfg: Config) -> dict[str, Any]:
             is_eval = step % eval_every == 0 or step == total_steps
             if step % 10 == 0 or is_eval:
                 elapsed = time.perf_counter() - window_t
-                lrs = {f"train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
+                lrs = {f"train/lr/{g['name'].split('/')[0]}": g["lr"] for g in optimizer.param_groups}
                 tracker.log({"train/loss": window_loss / window_n, "train/epoch": step / steps_per_epoch,
                              "train/samples_per_s": samples / elapsed, **lrs}, step)
                 postfix["loss"] = f"{window_loss / window_n:.3f}"

@@ -56,7 +56,7 @@ def test_classification_metrics_on_known_data():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     pred = torch.tensor([0, 1, 1, 1, 2, 0])
     logits = torch.nn.functional.one_hot(pred, 3).float()
-    m = head.metrics(logits, labels)
+    m = head.metrics([logits[:4], logits[4:]], [labels[:4], labels[4:]])
     assert m["accuracy"] == pytest.approx(4 / 6)
     # per-class F1: class0 p=1/2 r=1/2 -> .5; class1 p=2/3 r=1 -> .8; class2 p=1 r=1/2 -> 2/3
     assert m["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
