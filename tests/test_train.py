@@ -111,3 +111,18 @@ def test_cli_help_and_config_errors():
     assert help_out.returncode == 0 and "--modalities" in help_out.stdout and "--resume" in help_out.stdout
     bad = subprocess.run([sys.executable, "scripts/train.py", "optim.lrr=1"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "optim.lrr" in bad.stderr
+
+
+def test_default_yaml_is_what_make_train_runs():
+    assert load_config(ROOT / "configs/default.yaml") == load_config(None, ["data.modalities=[text,image]"])
+
+
+def test_cli_run_prints_json_summary_last(tmp_path):
+    cmd = [sys.executable, "scripts/train.py", "--modalities", "image", *SMALL, f"train.out_dir={tmp_path}",
+           "train.max_steps=3", "data.task=color", "data.synthetic.n_train=96"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(summary["run_dir"]).parent == tmp_path
+    assert set(summary["test"]) == {"loss", "accuracy", "macro_f1"}
+    assert json.loads((Path(summary["run_dir"]) / "results.json").read_text())["test"] == summary["test"]
