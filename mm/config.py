@@ -79,8 +79,12 @@ class EncodersConfig:
 class FusionConfig:
     name: str = "concat"
     hidden_dim: int = 256
-    num_layers: int = 1  # hidden layers of the fusion MLP
+    num_layers: int = 1  # hidden layers of the fusion MLP (attention: transformer layers)
     dropout: float = 0.1
+    num_heads: int = 4  # attention: heads
+    rank: int = 4  # lowrank: rank-1 terms
+    tensor_dim: int = 8  # tensor: per-modality size before the outer product
+    late_weights: str = "mean"  # late: mean | learned
 
 
 @dataclass

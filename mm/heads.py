@@ -1,18 +1,88 @@
-"""Task heads. Each head owns its loss and its metrics."""
+"""Task heads. Each head owns its loss and its metrics; ``mm.labels`` holds its label encoding.
+
+======================  ============  ==================  ======================================
+head (``head.name``)    forward       ``batch["label"]``  metrics
+======================  ============  ==================  ======================================
+``classification``      ``[B, C]``    ``Long[B]``         accuracy, macro_f1, top{k}_accuracy
+``multilabel``          ``[B, C]``    ``Float[B, C]``     accuracy (exact match), micro/macro_f1, map
+``regression``          ``[B]``       ``Float[B]``        mae, rmse, pearson
+``token``               ``[B, T, C]`` ``Long[B, T]``      entity_precision/recall/f1, accuracy
+======================  ============  ==================  ======================================
+
+``metrics(logits, labels)`` takes the lists of per-batch outputs and labels of a whole split (what
+``mm.train.evaluate`` collects) and returns plain floats. Pick the validation metric to match the
+head: ``train.metric=accuracy`` works for every head but regression; better choices are
+``micro_f1`` or ``map`` (multilabel), ``mae`` with ``train.metric_mode=min`` (regression) and
+``entity_f1`` (token).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import average_precision_score, confusion_matrix, f1_score
 from torch import nn
 from torch.nn import functional as F
 
+from mm.labels import IGNORE_INDEX
+
+
+def _cat(tensors: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    return tensors if isinstance(tensors, torch.Tensor) else torch.cat(list(tensors))
+
 
 class ClassificationHead(nn.Module):
-    """Multi-class classification: a linear layer, cross-entropy, accuracy and macro-F1.
+    """Multi-class classification: a linear layer, cross-entropy, accuracy, macro-F1 and top-k accuracy.
+
+    Args:
+        in_dim: size of the fused features.
+        num_classes: number of classes.
+        top_k: report ``top{k}_accuracy`` for each k smaller than ``num_classes``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, top_k: Sequence[int] = (5,)):
+        super().__init__()
+        self.num_classes = num_classes
+        self.top_k = [k for k in top_k if k < num_classes]
+        self.linear = nn.Linear(in_dim, num_classes)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.linear(fused)  # [B, num_classes]
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), batch["label"])
+
+    def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
+        """Metrics over a whole split from its batches' ``logits [B, C]`` and ``labels [B]``."""
+        scores, true_t = _cat(logits).float(), _cat(labels)
+        pred = scores.argmax(-1).cpu().numpy()
+        true = true_t.cpu().numpy()
+        out = {
+            "accuracy": float(np.mean(pred == true)),
+            "macro_f1": float(f1_score(true, pred, average="macro", labels=np.arange(self.num_classes), zero_division=0)),
+        }
+        for k in self.top_k:
+            hits = (scores.topk(k, dim=-1).indices == true_t[:, None]).any(-1)  # [N]
+            out[f"top{k}_accuracy"] = float(hits.float().mean())
+        return out
+
+    def confusion(self, logits: torch.Tensor | Sequence[torch.Tensor],
+                  labels: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
+        """Confusion matrix ``[C, C]``: row = true class, column = predicted class (sample counts)."""
+        pred = _cat(logits).argmax(-1).cpu().numpy()
+        return confusion_matrix(_cat(labels).cpu().numpy(), pred, labels=np.arange(self.num_classes))
+
+
+class MultiLabelHead(nn.Module):
+    """Multi-label classification: one sigmoid per class and binary cross-entropy.
+
+    A class is predicted when its sigmoid exceeds 0.5. Metrics: ``accuracy`` (exact match: every
+    class of the sample right), ``micro_f1``, ``macro_f1`` (over all classes) and ``map`` (mean
+    average precision over the classes with at least one positive). Validate on ``micro_f1`` or
+    ``map`` rather than the strict ``accuracy``.
 
     Args:
         in_dim: size of the fused features.
@@ -28,22 +98,149 @@ class ClassificationHead(nn.Module):
         return self.linear(fused)  # [B, num_classes]
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), batch["label"])
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
 
     def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
-        """Metrics over a whole split from its batches' ``logits [B, C]`` and ``labels [B]``."""
-        pred = torch.cat(logits).argmax(-1).cpu().numpy()
-        true = torch.cat(labels).cpu().numpy()
+        """Metrics over a whole split from its batches' ``logits [B, C]`` and multi-hot ``labels [B, C]``."""
+        probs = torch.sigmoid(_cat(logits).float()).cpu().numpy()
+        true = _cat(labels).cpu().numpy() > 0.5
+        pred = probs > 0.5
+        positive = np.flatnonzero(true.any(0))
+        ap = [average_precision_score(true[:, c], probs[:, c]) for c in positive]
         return {
-            "accuracy": float(np.mean(pred == true)),
-            "macro_f1": float(f1_score(true, pred, average="macro", labels=np.arange(self.num_classes), zero_division=0)),
+            "accuracy": float(np.mean((pred == true).all(1))),
+            "micro_f1": float(f1_score(true, pred, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)),
+            "map": float(np.mean(ap)) if ap else 0.0,
         }
 
 
-HEADS = {"classification": ClassificationHead}
+class RegressionHead(nn.Module):
+    """Regression of one number: a linear layer to a scalar, MSE or L1 loss.
+
+    Metrics: ``mae``, ``rmse`` and ``pearson`` (0 when predictions or targets are constant, where
+    the correlation is undefined). Validate with ``train.metric=mae`` and ``train.metric_mode=min``.
+
+    Args:
+        in_dim: size of the fused features.
+        num_classes: must be 1 (kept so that every head is built alike).
+        loss: ``mse`` or ``l1``.
+    """
+
+    LOSSES = ("mse", "l1")
+
+    def __init__(self, in_dim: int, num_classes: int = 1, loss: str = "mse"):
+        super().__init__()
+        if num_classes != 1:
+            raise ValueError(f"regression has one output, got num_classes={num_classes}")
+        if loss not in self.LOSSES:
+            raise ValueError(f"unknown regression loss {loss!r}; valid: {list(self.LOSSES)}")
+        self.loss_name = loss
+        self.linear = nn.Linear(in_dim, 1)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.linear(fused).squeeze(-1)  # [B, 1] -> [B]
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        loss_fn = F.mse_loss if self.loss_name == "mse" else F.l1_loss
+        return loss_fn(logits.float(), batch["label"].float())
+
+    def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
+        """Metrics over a whole split from its batches' predictions ``[B]`` and targets ``[B]``."""
+        pred = _cat(logits).double().cpu().numpy()
+        true = _cat(labels).double().cpu().numpy()
+        err = pred - true
+        constant = pred.std() == 0 or true.std() == 0
+        return {
+            "mae": float(np.abs(err).mean()),
+            "rmse": float(np.sqrt((err**2).mean())),
+            "pearson": 0.0 if constant else float(np.corrcoef(pred, true)[0, 1]),
+        }
 
 
-def build_head(name: str, in_dim: int, num_classes: int) -> nn.Module:
+class TokenHead(nn.Module):
+    """Token tagging (NER): a linear layer on every token, cross-entropy on the labelled ones.
+
+    Consumes per-token features ``[B, T, D]`` (a token fusion such as ``text_tokens``). Labels sit
+    on the first word piece of each word; -100 elsewhere is ignored. Metrics are computed on the
+    word-level tag sequences read back from those first pieces: entity-level precision, recall and
+    F1 (``seqeval``, CoNLL rules: exact span and type) and ``accuracy`` (tags right per word).
+
+    Args:
+        in_dim: size of the per-token features.
+        num_classes: number of tags.
+        tags: the tag names (``O``, ``B-PER``, ...), index = tag id.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, tags: Sequence[str]):
+        super().__init__()
+        if len(tags) != num_classes:
+            raise ValueError(f"{len(tags)} tag names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.tags = list(tags)
+        self.linear = nn.Linear(in_dim, num_classes)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        if fused.dim() != 3:
+            raise ValueError(f"the token head needs per-token features [B, T, D], got shape {tuple(fused.shape)}; "
+                             "use a token fusion (fusion.name=text_tokens)")
+        return self.linear(fused)  # [B, T, num_classes]
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        # [B, T, C] -> [B*T, C] against [B*T]; -100 positions are ignored
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["label"].flatten(), ignore_index=IGNORE_INDEX)
+
+    def decode(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[list[list[str]], list[list[str]]]:
+        """Word-level ``(true, predicted)`` tag sequences, one per sample, from the labelled pieces."""
+        true_seqs, pred_seqs = [], []
+        for out, lab in zip(logits, labels, strict=True):
+            pred = out.argmax(-1)  # [B, T]
+            for pred_row, lab_row in zip(pred.tolist(), lab.tolist(), strict=True):
+                keep = [(t, p) for t, p in zip(lab_row, pred_row, strict=True) if t != IGNORE_INDEX]
+                true_seqs.append([self.tags[t] for t, _ in keep])
+                pred_seqs.append([self.tags[p] for _, p in keep])
+        return true_seqs, pred_seqs
+
+    def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
+        """Metrics over a whole split from its batches' ``logits [B, T, C]`` and ``labels [B, T]``."""
+        from seqeval.metrics import f1_score as entity_f1
+        from seqeval.metrics import precision_score, recall_score
+
+        true, pred = self.decode(logits, labels)
+        words = sum(len(s) for s in true)
+        right = sum(t == p for ts, ps in zip(true, pred, strict=True) for t, p in zip(ts, ps, strict=True))
+        return {
+            "entity_precision": float(precision_score(true, pred, zero_division=0)),
+            "entity_recall": float(recall_score(true, pred, zero_division=0)),
+            "entity_f1": float(entity_f1(true, pred, zero_division=0)),
+            "accuracy": right / max(words, 1),
+        }
+
+
+HEADS = {"classification": ClassificationHead, "multilabel": MultiLabelHead, "regression": RegressionHead,
+         "token": TokenHead}
+
+
+def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | None = None,
+               top_k: Sequence[int] = (5,), loss: str = "mse") -> nn.Module:
+    """Build a head from the registry.
+
+    Args:
+        name: one of ``HEADS``.
+        in_dim: size of the fused features.
+        num_classes: outputs per sample (per token for ``token``); 1 for regression.
+        classes: the class names; required by ``token`` (its tags, for entity metrics).
+        top_k: ``classification``: the k of the top-k accuracies.
+        loss: ``regression``: ``mse`` or ``l1``.
+    """
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; valid: {sorted(HEADS)}")
+    if name == "classification":
+        return ClassificationHead(in_dim, num_classes, top_k=top_k)
+    if name == "regression":
+        return RegressionHead(in_dim, num_classes, loss=loss)
+    if name == "token":
+        if classes is None:
+            raise ValueError("the token head needs the tag names (classes)")
+        return TokenHead(in_dim, num_classes, tags=[str(c) for c in classes])
     return HEADS[name](in_dim, num_classes)

@@ -77,9 +77,10 @@ class MultimodalModel(nn.Module):
             filled[m] = EncoderOutput(tokens, mask, pooled)
         return filled
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+    def forward(self, batch: dict[str, Any], outputs: dict[str, EncoderOutput] | None = None) -> torch.Tensor:
+        """Logits for a batch; ``outputs`` may pass precomputed encoder outputs for it."""
         present = self.presence(batch)
-        outputs = self.fill_missing(self.encode(batch), present)
+        outputs = self.fill_missing(outputs if outputs is not None else self.encode(batch), present)
         return self.head(self.fusion(outputs, present))
 
 
@@ -92,9 +93,7 @@ def build_model(cfg: Config, num_classes: int) -> MultimodalModel:
     fusion = build_fusion(
         cfg.fusion.name,
         {m: e.out_dim for m, e in encoders.items()},
-        hidden_dim=cfg.fusion.hidden_dim,
-        num_layers=cfg.fusion.num_layers,
-        dropout=cfg.fusion.dropout,
+        **{k: v for k, v in vars(cfg.fusion).items() if k != "name"},
     )
     head = build_head(cfg.head.name, fusion.out_dim, num_classes)
     return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.data.modality_dropout)

@@ -1,4 +1,7 @@
-"""Prints the synthetic benchmark's accuracy ceilings per task and modality subset.
+"""Prints the synthetic benchmark's ceilings per task and modality subset.
+
+Each task's ceiling is in its own metric, named beside it: accuracy (classification), exact match
+(multilabel), R^2 (regression) or entity F1 (token tagging).
 
     python scripts/ceilings.py                 # plain table of the analytic ceilings
     python scripts/ceilings.py --markdown      # the same as a Markdown table
@@ -19,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mm.data.synthetic import (  # noqa: E402
+    CEILING_METRIC,
     TASKS,
     ceiling,
     empirical_ceiling,
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     header = ["task", *(subset_key(s) for s in subsets)]
     table = []
     for task in TASKS:
-        cells = [task]
+        cells = [f"{task} ({CEILING_METRIC[TASKS[task].kind]})"]
         for subset in subsets:
             cell = f"{ceiling(task, subset):.3f}"
             if rows_data is not None:

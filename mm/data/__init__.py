@@ -1,4 +1,4 @@
-"""Datasets (manifest JSONL), the synthetic benchmark, collate."""
+"""Datasets (manifest JSONL, CoNLL), the synthetic benchmark, collate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mm.config import DataConfig
-from mm.data.manifest import SPLITS, ManifestDataset, label_vocabulary, read_manifest
+from mm.data.manifest import SPLITS, ManifestDataset, read_split
+from mm.labels import build_codec, label_vocabulary
 from mm.paths import cache_dir
 
 
@@ -14,7 +15,8 @@ def resolve_dataset(cfg: DataConfig) -> tuple[Path, str]:
     """The manifest folder and the label key a data config points at.
 
     ``dataset: synthetic`` generates (once, cached) the benchmark and reads ``labels.<task>``;
-    anything else is a folder with ``train/val/test.jsonl`` labelled at ``label_key``.
+    anything else is a folder with ``train/val/test.jsonl`` labelled at ``label_key``, or a folder
+    with the CoNLL files ``train/val/test.txt`` (token tagging), whose rows are labelled at ``tags``.
     """
     if cfg.dataset == "synthetic":
         from mm.data.synthetic import TASKS, ensure_synthetic
@@ -25,23 +27,43 @@ def resolve_dataset(cfg: DataConfig) -> tuple[Path, str]:
     root = Path(cfg.dataset).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data.dataset: {root} is neither 'synthetic' nor a folder")
+    if not (root / "train.jsonl").is_file() and (root / "train.txt").is_file():
+        from mm.data.conll import TAGS_KEY
+
+        return root, TAGS_KEY
     return root, cfg.label_key
 
 
-def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None) -> tuple[dict[str, ManifestDataset], list]:
+def training_classes(cfg: DataConfig, head: str = "classification") -> list:
+    """The class list of a data config for ``head``: the sorted labels of its training split."""
+    if cfg.dataset == "synthetic":
+        from mm.data.synthetic import TASKS
+
+        kind = TASKS[cfg.task].kind if cfg.task in TASKS else head
+        if kind != head:
+            raise ValueError(f"synthetic task {cfg.task!r} needs head.name={kind}, not {head!r}")
+    root, label_key = resolve_dataset(cfg)
+    return label_vocabulary(head, read_split(root, "train"), label_key)
+
+
+def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
+                 head: str = "classification") -> tuple[dict[str, ManifestDataset], list]:
     """The train/val/test datasets for a data config, decoded with the encoders' preprocessing.
 
     Args:
         cfg: the data config.
         encoders: modality -> encoder (``transform`` for images, ``sample_rate`` for audio).
         classes: the class list; by default the sorted labels of the training split.
+        head: the head's name, which decides how labels are encoded (``mm.labels``).
     """
-    root, label_key = resolve_dataset(cfg)
     if classes is None:
-        classes = label_vocabulary(read_manifest(root / "train.jsonl"), label_key)
+        classes = training_classes(cfg, head)
+    root, label_key = resolve_dataset(cfg)
+    codec = build_codec(head, classes)
     image_transform = getattr(encoders.get("image"), "transform", None)
     sample_rate = getattr(encoders.get("audio"), "sample_rate", None)
     splits = {
-        s: ManifestDataset(root, s, cfg.modalities, label_key, classes, image_transform, sample_rate) for s in SPLITS
+        s: ManifestDataset(root, s, cfg.modalities, label_key, classes, image_transform, sample_rate, codec=codec)
+        for s in SPLITS
     }
     return splits, classes

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mm.data.audio_io import load_audio
+from mm.labels import ClassLabels, Codec, LabelError, TagLabels
 
 SPLITS = ("train", "val", "test")
 
@@ -57,6 +58,15 @@ def read_manifest(path: Path) -> list[dict]:
     return rows
 
 
+def read_split(root: Path, split: str) -> list[dict]:
+    """The rows of one split: ``<split>.jsonl``, or where there is none, the CoNLL file ``<split>.txt``."""
+    if not (root / f"{split}.jsonl").is_file() and (root / f"{split}.txt").is_file():
+        from mm.data.conll import read_conll
+
+        return read_conll(root / f"{split}.txt")
+    return read_manifest(root / f"{split}.jsonl")
+
+
 def label_vocabulary(rows: Sequence[dict], label_key: str) -> list:
     """Sorted distinct labels of the (training) rows: the class list, index = class id."""
     labels = set()
@@ -79,6 +89,8 @@ class ManifestDataset(Dataset):
         classes: the class list (from the training split); a label outside it is an error.
         image_transform: PIL image -> tensor (the image encoder's transform).
         sample_rate: the audio encoder's sampling rate.
+        codec: how labels are encoded (``mm.labels``); by default class ids over ``classes``. With
+            the token codec each row also needs its words under ``tokens``, one per tag.
     """
 
     def __init__(
@@ -90,28 +102,42 @@ class ManifestDataset(Dataset):
         classes: list,
         image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
         sample_rate: int | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.modalities = sorted(modalities)
-        self.rows = read_manifest(self.root / f"{split}.jsonl")
-        self.classes = list(classes)
+        self.rows = read_split(self.root, split)
+        self.codec = codec if codec is not None else ClassLabels(classes)
+        self.classes = list(self.codec.classes)
         self.label_key = label_key
         self.image_transform = image_transform
         self.sample_rate = sample_rate
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.labels = []
+        self.labels: list = []
+        self.words: list[list[str]] = []  # token tagging only
         for row in self.rows:
             value = _get(row, label_key)
-            if value not in index:
-                raise ManifestError(
-                    f"{row['_where']}: label {value!r} at key '{label_key}' is not one of the "
-                    f"{len(self.classes)} training classes"
-                )
-            self.labels.append(index[value])
+            if value is None:
+                raise ManifestError(f"{row['_where']}: no label at key '{label_key}'")
+            try:
+                self.labels.append(self.codec.encode(value))
+            except LabelError as err:
+                raise ManifestError(f"{row['_where']}: {err} (key '{label_key}')") from None
+            if isinstance(self.codec, TagLabels):
+                self.words.append(self._words(row, value))
             for m in ("image", "audio"):
                 if m in self.modalities and row.get(m) is not None and not (self.root / row[m]).is_file():
                     raise ManifestError(f"{row['_where']}: {m} file not found: {self.root / row[m]}")
+
+    def _words(self, row: dict, tags: list) -> list[str]:
+        words = row.get(TagLabels.words_key)
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+            raise ManifestError(f"{row['_where']}: token tagging needs a non-empty list of words at "
+                                f"'{TagLabels.words_key}'")
+        if len(words) != len(tags):
+            raise ManifestError(f"{row['_where']}: {len(words)} words at '{TagLabels.words_key}' but "
+                                f"{len(tags)} tags at '{self.label_key}'")
+        return words
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,7 +145,11 @@ class ManifestDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         sample: dict[str, Any] = {"index": i, "label": self.labels[i]}
-        if "text" in self.modalities and row.get("text") is not None:
+        if isinstance(self.codec, TagLabels):  # token tagging: the words are the text
+            sample["words"] = self.words[i]
+            if "text" in self.modalities:
+                sample["text"] = " ".join(self.words[i])
+        elif "text" in self.modalities and row.get("text") is not None:
             sample["text"] = str(row["text"])
         if "image" in self.modalities and row.get("image") is not None:
             assert self.image_transform is not None, "an image encoder's transform is required"

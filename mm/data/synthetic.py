@@ -1,188 +1,56 @@
 """A deterministic synthetic tri-modal benchmark with exactly known ceilings.
 
-Seven independent, uniform latent factors are each visible to some modalities (``FACTORS``);
-every task label is a function of a few factors (``TASKS``). So the best accuracy reachable
-from any subset of modalities follows from the factor table alone (``ceiling``), and the data
-can be checked against it (``empirical_ceiling``).
-
-``generate`` writes a folder in the manifest layout real datasets use::
+The factors, the tasks and their exact ceilings live in ``mm.data.synthetic_tasks`` and are
+re-exported here; this module renders samples from them. ``generate`` writes a folder in the
+manifest layout real datasets use::
 
     <root>/{train,val,test}.jsonl  images/<split>/<i>.png  audio/<split>/<i>.wav  meta.json
 
-``ensure_synthetic`` caches that folder under a hash of the generation parameters.
+Each row has ``text``, the caption's words under ``tokens`` (for the token task ``tags``),
+``image``, ``audio``, its ``factors`` and ``labels: {task: label}``. ``ensure_synthetic`` caches
+that folder under a hash of the generation parameters.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 import io
-import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from mm.data.synthetic_render import render_audio, render_image, render_text
+from mm.data.synthetic_render import caption_words, render_audio, render_caption, render_image
+from mm.data.synthetic_tasks import (  # noqa: F401  (re-exported)
+    CEILING_METRIC,
+    FACTORS,
+    MODALITIES,
+    TAG_SLOTS,
+    TASKS,
+    FactorSpec,
+    TaskSpec,
+    caption_tags,
+    ceiling,
+    ceiling_table,
+    empirical_ceiling,
+    min_mse,
+    min_mse_table,
+    modality_subsets,
+    subset_key,
+    task_classes,
+    task_label,
+)
 
-FORMAT_VERSION = 1
-MODALITIES: tuple[str, ...] = ("audio", "image", "text")
+FORMAT_VERSION = 2
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 COMPLETE_MARKER = ".complete"
-
-
-@dataclass(frozen=True)
-class FactorSpec:
-    """A latent factor: its values (drawn uniformly) and the modalities that show it."""
-
-    values: tuple[str, ...]
-    modalities: frozenset[str]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task: the factors its label reads and the label as a function of those factors."""
-
-    description: str
-    factors: tuple[str, ...]
-    label: Callable[[dict[str, str]], str]
-
-
-def _trimodal_label(f: dict[str, str]) -> str:
-    warmth = "warm" if f["color"] in ("red", "yellow") else "cool"
-    kind = "mammal" if f["animal"] in ("cat", "dog") else "other"
-    return f"{warmth}-{kind}-{f['pitch']}"
-
-
-FACTORS: dict[str, FactorSpec] = {
-    "color": FactorSpec(("red", "green", "blue", "yellow"), frozenset({"image"})),
-    "shape": FactorSpec(("circle", "square", "triangle"), frozenset({"image", "text"})),
-    "brightness": FactorSpec(("dark", "light"), frozenset({"image"})),
-    "animal": FactorSpec(("cat", "dog", "bird", "fish"), frozenset({"text"})),
-    "claim": FactorSpec(("dark", "light"), frozenset({"text"})),
-    "pitch": FactorSpec(("low", "high"), frozenset({"audio"})),
-    "count": FactorSpec(("1", "2", "3"), frozenset({"audio", "text"})),
-}
-
-TASKS: dict[str, TaskSpec] = {
-    "color_animal": TaskSpec(
-        "colour of the shape (image) and animal named (text): needs both",
-        ("color", "animal"),
-        lambda f: f"{f['color']}-{f['animal']}",
-    ),
-    "match": TaskSpec(
-        "does the caption's brightness claim match the picture? interaction, late fusion fails",
-        ("claim", "brightness"),
-        lambda f: "yes" if f["claim"] == f["brightness"] else "no",
-    ),
-    "trimodal": TaskSpec(
-        "warm/cool colour (image), mammal or not (text), pitch (audio): needs all three",
-        ("color", "animal", "pitch"),
-        _trimodal_label,
-    ),
-    "color": TaskSpec(
-        "colour of the shape: the image alone solves it (transfer source)", ("color",), lambda f: f["color"]
-    ),
-    "shape": TaskSpec("shape: redundant, image or text alone solves it", ("shape",), lambda f: f["shape"]),
-    "count": TaskSpec(
-        "number of beeps / objects: redundant, text or audio alone solves it",
-        ("count",),
-        lambda f: f["count"],
-    ),
-    "pitch": TaskSpec("low or high tone: the audio alone solves it", ("pitch",), lambda f: f["pitch"]),
-}
-
-
-def _task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown synthetic task {name!r}; valid: {sorted(TASKS)}")
-    return TASKS[name]
-
-
-def task_label(task: str, factors: dict[str, str]) -> str:
-    """The label of ``task`` for one sample; the label function sees only its own factors."""
-    spec = _task(task)
-    return spec.label({k: factors[k] for k in spec.factors})
-
-
-def _grid() -> list[dict[str, str]]:
-    """Every joint factor assignment; each is equally likely."""
-    return [
-        dict(zip(FACTORS, values, strict=True))
-        for values in itertools.product(*(f.values for f in FACTORS.values()))
-    ]
-
-
-def task_classes(task: str) -> tuple[str, ...]:
-    """The sorted class names of ``task``."""
-    return tuple(sorted({task_label(task, f) for f in _grid()}))
-
-
-def _visible(modalities: Iterable[str]) -> tuple[str, ...]:
-    mods = set(modalities)
-    if unknown := mods - set(MODALITIES):
-        raise ValueError(f"unknown modalities {sorted(unknown)}; valid: {list(MODALITIES)}")
-    return tuple(name for name, spec in FACTORS.items() if spec.modalities & mods)
-
-
-def _majority_accuracy(pairs: Iterable[tuple[tuple[str, ...], str]]) -> Fraction:
-    """Accuracy of predicting the most common label within each group of ``(group, label)``."""
-    groups: dict[tuple[str, ...], Counter] = defaultdict(Counter)
-    for key, label in pairs:
-        groups[key][label] += 1
-    total = sum(sum(c.values()) for c in groups.values())
-    return Fraction(sum(max(c.values()) for c in groups.values()), total)
-
-
-def ceiling(task: str, modalities: Iterable[str]) -> float:
-    """Bayes-optimal accuracy of ``task`` from the factors the given modalities show.
-
-    Computed exactly over the joint factor grid: the sum over visible-factor assignments v of
-    P(v) * max_y P(y | v). With no modalities this is the majority-class rate.
-    """
-    return float(_exact_ceiling(task, _visible(modalities)))
-
-
-@functools.cache
-def _exact_ceiling(task: str, visible: tuple[str, ...]) -> Fraction:
-    return _majority_accuracy((tuple(f[k] for k in visible), task_label(task, f)) for f in _grid())
-
-
-def subset_key(modalities: Iterable[str]) -> str:
-    """``["text", "image"]`` -> ``"image+text"``."""
-    return "+".join(sorted(modalities))
-
-
-def modality_subsets() -> list[tuple[str, ...]]:
-    """The 7 non-empty subsets of the modalities, smallest first."""
-    return [s for r in range(1, len(MODALITIES) + 1) for s in itertools.combinations(MODALITIES, r)]
-
-
-def ceiling_table() -> dict[str, dict[str, float]]:
-    """``{task: {"image+text": ceiling, ...}}`` over all non-empty modality subsets."""
-    return {task: {subset_key(s): ceiling(task, s) for s in modality_subsets()} for task in TASKS}
-
-
-def empirical_ceiling(rows: list[dict], task: str, modalities: Iterable[str]) -> float:
-    """The ceiling measured on generated manifest rows.
-
-    Rows are grouped by the visible factors that the task's label reads; the score is the
-    accuracy of predicting each group's majority label. Grouping only by relevant factors
-    keeps the small-sample optimism low (irrelevant factors would split the groups further).
-    """
-    spec = _task(task)
-    keys = [k for k in _visible(modalities) if k in spec.factors]
-    return float(_majority_accuracy((tuple(r["factors"][k] for k in keys), r["labels"][task]) for r in rows))
 
 
 def _sample(seed: int, split: str, index: int, params: dict) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -199,7 +67,7 @@ def _sample(seed: int, split: str, index: int, params: dict) -> tuple[dict, np.n
         size=params["image_size"],
         noise=params["image_noise"],
     )
-    text = render_text(
+    caption = render_caption(
         np.random.default_rng(text_ss),
         shape=factors["shape"],
         animal=factors["animal"],
@@ -215,13 +83,20 @@ def _sample(seed: int, split: str, index: int, params: dict) -> tuple[dict, np.n
         sample_rate=params["sample_rate"],
         snr_db=params["audio_snr_db"],
     )
+    words = caption_words(caption)
+    labels: dict[str, Any] = {}
+    for task, spec in TASKS.items():
+        label = task_label(task, factors)
+        labels[task] = caption_tags(words, label) if spec.kind == "token" else label
+        labels[task] = list(labels[task]) if isinstance(labels[task], tuple) else labels[task]
     row = {
         "id": f"{split}-{index:06d}",
-        "text": text,
+        "text": "".join(text for text, _ in caption),
+        "tokens": [word for word, _ in words],
         "image": f"images/{split}/{index:06d}.png",
         "audio": f"audio/{split}/{index:06d}.wav",
         "factors": factors,
-        "labels": {task: task_label(task, factors) for task in TASKS},
+        "labels": labels,
     }
     return row, image, audio
 
@@ -273,12 +148,15 @@ def generate(
         "tasks": {
             name: {
                 "description": t.description,
+                "kind": t.kind,
+                "ceiling_metric": CEILING_METRIC[t.kind],
                 "factors": list(t.factors),
                 "classes": list(task_classes(name)),
             }
             for name, t in TASKS.items()
         },
         "ceilings": ceiling_table(),
+        "min_mse": min_mse_table(),
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root

@@ -7,6 +7,7 @@ vocabulary lives here so that tests can check which words a caption may and may 
 from __future__ import annotations
 
 import re
+import string
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -171,9 +172,13 @@ SUFFIXES: tuple[str, ...] = (
 )
 
 
-def render_text(
+Segment = tuple[str, "str | None"]  # (text, slot): slot names the factor phrase, None elsewhere
+SLOTS: tuple[str, ...] = ("count", "shape", "animal", "claim")
+
+
+def render_caption(
     rng: np.random.Generator, *, shape: str, animal: str, claim: str, count: str, filler_prob: float
-) -> str:
+) -> list[Segment]:
     """Writes a caption naming the shape, the count, the animal and the claimed background.
 
     Args:
@@ -185,23 +190,56 @@ def render_text(
         filler_prob: Probability of adding one irrelevant prefix or suffix.
 
     Returns:
-        One caption, first letter capitalised.
+        The caption (first letter capitalised) as consecutive segments ``(text, slot)``: each factor
+        phrase is one segment whose slot is one of ``SLOTS``; template and filler text have None.
     """
 
     def pick(options: tuple) -> object:
         return options[int(rng.integers(len(options)))]
 
     singular, plural = pick(SHAPE_WORDS[shape])
-    objects = f"{pick(COUNT_WORDS[count])} {singular if count == '1' else plural}"
-    caption = pick(TEMPLATES).format(
-        objects=objects, animal=pick(ANIMAL_WORDS[animal]), claim=pick(CLAIM_WORDS[claim])
-    )
+    phrases = {"count": pick(COUNT_WORDS[count]), "shape": singular if count == "1" else plural}
+    template = pick(TEMPLATES)
+    phrases |= {"animal": pick(ANIMAL_WORDS[animal]), "claim": pick(CLAIM_WORDS[claim])}
+    segments: list[Segment] = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        segments.append((literal, None))
+        if field == "objects":
+            segments += [(phrases["count"], "count"), (" ", None), (phrases["shape"], "shape")]
+        elif field is not None:
+            segments.append((phrases[field], field))
     if rng.random() < filler_prob:
         if rng.random() < 0.5:
-            caption = pick(PREFIXES) + caption
+            segments.insert(0, (pick(PREFIXES), None))
         else:
-            caption = caption + pick(SUFFIXES)
-    return caption[0].upper() + caption[1:]
+            segments.append((pick(SUFFIXES), None))
+    segments = [(text, slot) for text, slot in segments if text]
+    first, slot = segments[0]
+    segments[0] = (first[0].upper() + first[1:], slot)
+    return segments
+
+
+def render_text(rng: np.random.Generator, **factors: object) -> str:
+    """The caption of ``render_caption`` (same arguments, same draws) as one string."""
+    return "".join(text for text, _ in render_caption(rng, **factors))  # type: ignore[arg-type]
+
+
+WORD = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")  # words (hyphenated ones whole) and punctuation marks
+
+
+def caption_words(segments: list[Segment]) -> list[tuple[str, str | None]]:
+    """The caption's words and punctuation marks, each with the slot of the segment it is in."""
+    return [(word, slot) for text, slot in segments for word in WORD.findall(text)]
+
+
+def slot_phrases() -> dict[str, list[str]]:
+    """Every phrase a caption may use for each slot."""
+    return {
+        "count": [w for ws in COUNT_WORDS.values() for w in ws],
+        "shape": [w for pairs in SHAPE_WORDS.values() for pair in pairs for w in pair],
+        "animal": [w for ws in ANIMAL_WORDS.values() for w in ws],
+        "claim": [w for ws in CLAIM_WORDS.values() for w in ws],
+    }
 
 
 def words(text: str) -> list[str]:

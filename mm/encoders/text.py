@@ -82,6 +82,25 @@ class TextEncoder(Encoder):
             )
         )
 
+    def tokenize_words(self, words_batch: list[list[str]]) -> tuple[dict[str, torch.Tensor], list[list[int | None]]]:
+        """Tokenize pre-split words (token tagging), padded and truncated like ``tokenize``.
+
+        Returns:
+            The encoding (as ``tokenize``) and, per sample, the word index of every word piece
+            (None for [CLS], [SEP] and padding), to align word-level labels with the pieces.
+        """
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"{self.source}: word alignment needs a fast tokenizer (tokenizer.json)")
+        encoding = self.tokenizer(
+            [list(words) for words in words_batch],
+            is_split_into_words=True,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return dict(encoding), [encoding.word_ids(i) for i in range(len(words_batch))]
+
     def encode(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         model_inputs = {
             k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs

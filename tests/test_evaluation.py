@@ -1,0 +1,72 @@
+"""Reloading runs and the robustness matrix."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mm.train as mm_train
+from mm.config import load_config
+from mm.evaluation import add_noise, load_run, remove_modalities
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, [
+        "data.synthetic.n_train=192", "data.synthetic.n_val=64", "data.synthetic.n_test=64",
+        "encoders.text.source=tiny-bert", "train.max_steps=6", "train.progress=false",
+        "wandb.mode=offline", f"train.out_dir={out}",
+    ])
+    return mm_train.train(cfg)
+
+
+def test_load_run_reproduces_the_test_metrics(run):
+    cfg, model, classes = load_run(run["run_dir"])
+    assert len(classes) == run["classes"] and not model.training
+    with pytest.raises(FileNotFoundError, match="not a finished mm run"):
+        load_run(Path(run["run_dir"]) / "nope")
+
+
+def test_remove_and_noise_transforms():
+    batch = {"label": torch.zeros(2), "present": {"image": torch.tensor([True, True]), "text": torch.tensor([True, False])},
+             "image": {"pixel_values": torch.zeros(2, 3, 4, 4)},
+             "text": {"input_ids": torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]]),
+                      "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}}
+    out = remove_modalities(batch, ("image",))
+    assert out["present"]["image"].tolist() == [False, False] and batch["present"]["image"].tolist() == [True, True]
+    g = torch.Generator().manual_seed(0)
+    assert add_noise(batch, "image", 0.0, g) is batch
+    noisy = add_noise(batch, "image", 0.5, g)["image"]["pixel_values"]
+    assert noisy.std().item() == pytest.approx(1.0, rel=0.3)  # std = 2 * strength
+
+    class Tok:
+        all_special_ids = [0, 101, 102]
+        vocab_size = 30522
+
+    ids = add_noise(batch, "text", 1.0, g, Tok())["text"]["input_ids"]
+    assert ids[:, 0].tolist() == [101, 101] and ids[0, 3] == 102 and ids[1, 2] == 102 and ids[1, 3] == 0
+    assert (ids[0, 1:3] != batch["text"]["input_ids"][0, 1:3]).any()
+
+
+def test_evaluate_script_writes_matrix(run):
+    run_dir = Path(run["run_dir"])
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(run_dir), "--levels", "0", "0.5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = list(csv.DictReader((run_dir / "eval-test/robustness.csv").open()))
+    kinds = [(r["kind"], r["modality"], r["level"]) for r in rows]
+    assert kinds == [("removed", "none", ""), ("removed", "image", ""), ("removed", "text", ""),
+                     ("noise", "image", "0.0"), ("noise", "image", "0.5"), ("noise", "text", "0.0"), ("noise", "text", "0.5")]
+    # The clean condition is the run's own test result; zero noise equals clean.
+    assert summary["metrics"]["accuracy"] == pytest.approx(run["test"]["accuracy"])
+    assert float(rows[3]["accuracy"]) == float(rows[0]["accuracy"]) == float(rows[5]["accuracy"])
+    assert (run_dir / "eval-test/robustness.png").stat().st_size > 0
+    assert "| s=0 | s=0.5 |" in (run_dir / "eval-test/robustness.md").read_text()
