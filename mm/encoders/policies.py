@@ -1,0 +1,92 @@
+"""Trainability policies, the same for every backbone family (BERT, timm ViT, wav2vec2).
+
+- ``frozen``: nothing in the backbone trains; it stays in ``eval()`` and runs under ``no_grad``.
+- ``linear_probe``: a frozen backbone; ``build_model`` also drops the fusion MLP, so only a
+  linear map of the (layer-normed) pooled features is learned.
+- ``last_n``: the top ``n`` blocks plus the final norm train.
+- ``gradual``: starts frozen; ``thaw(encoder, k)`` opens the top ``k`` blocks (``k > blocks``
+  also opens the embeddings), driven by the training loop on a step or epoch schedule.
+- ``lora``: low-rank adapters (peft) on the attention projections; the base weights stay frozen.
+- ``full``: everything trains (wav2vec2's convolutional feature encoder stays frozen when
+  ``freeze_feature_encoder`` is set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mm.encoders.base import Encoder
+from mm.encoders.layers import layer_groups
+
+POLICIES = ("frozen", "linear_probe", "last_n", "gradual", "lora", "full")
+
+# Default LoRA targets per family: the attention projections' names in each implementation.
+LORA_TARGETS = {
+    "bert": ["query", "value"],  # transformers BertSelfAttention
+    "vit": ["qkv"],  # timm Attention (fused q, k, v)
+    "wav2vec2": ["q_proj", "v_proj"],  # transformers Wav2Vec2Attention
+}
+
+
+def apply_policy(encoder: Encoder, policy: str, *, last_n: int = 2, lora_r: int = 8, lora_alpha: int = 16,
+                 lora_dropout: float = 0.0, lora_targets: Sequence[str] = ()) -> None:
+    """Set which backbone parameters of ``encoder`` train (see the module docstring)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown trainable policy {policy!r}; valid: {list(POLICIES)}")
+    if policy == "full":
+        encoder.set_trainable("full")
+    else:
+        encoder.set_trainable("frozen")
+    if policy == "last_n":
+        thaw(encoder, last_n)
+    elif policy == "lora":
+        add_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_targets)
+    encoder.policy = policy
+    encoder.thawed = 0
+    encoder.train(encoder.training)
+
+
+def thaw(encoder: Encoder, k: int) -> list[str]:
+    """Make the top ``k`` blocks and the final norm trainable (``k > blocks`` adds the
+    embeddings); returns the names of the parameters that changed from frozen to trainable."""
+    groups = layer_groups(encoder.backbone)
+    names = set()
+    if k > 0:
+        names.update(groups.final)
+        for block in groups.blocks[max(0, len(groups.blocks) - k):]:
+            names.update(block)
+    if k > len(groups.blocks):
+        names.update(groups.embeddings)
+    skip = "feature_extractor." if getattr(encoder, "freeze_feature_encoder", False) else None
+    changed = []
+    for name, p in encoder.backbone.named_parameters():
+        if name in names and not p.requires_grad and not (skip and name.startswith(skip)):
+            p.requires_grad_(True)
+            changed.append(name)
+    encoder.thawed = k
+    encoder.train(encoder.training)
+    return changed
+
+
+def gradual_blocks(t: int, every: int) -> int:
+    """Blocks open after ``t`` steps or epochs when one more opens every ``every``: ``t // every``."""
+    return t // every if every > 0 else 0
+
+
+def lora_family(encoder: Encoder) -> str:
+    module_names = {name.rsplit(".", 1)[-1] for name, _ in encoder.backbone.named_modules()}
+    for family, targets in LORA_TARGETS.items():
+        if set(targets) <= module_names:
+            return family
+    raise ValueError(f"{type(encoder.backbone).__name__}: no default LoRA targets; set lora_targets")
+
+
+def add_lora(encoder: Encoder, r: int, alpha: int, dropout: float, targets: Sequence[str] = ()) -> None:
+    """Inject peft LoRA adapters into ``encoder.backbone``; only the adapters train."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = list(targets) or LORA_TARGETS[lora_family(encoder)]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    encoder.backbone = inject_adapter_in_model(config, encoder.backbone)
+    for name, p in encoder.backbone.named_parameters():
+        p.requires_grad_("lora_" in name)
