@@ -89,7 +89,9 @@ class FusionConfig:
 
 @dataclass
 class HeadConfig:
-    name: str = "classification"
+    name: str = "classification"  # classification | multilabel | regression | token (see mm.heads)
+    top_k: list[int] = field(default_factory=lambda: [5])  # classification: top-k accuracies (k < classes)
+    loss: str = "mse"  # regression: mse | l1
 
 
 @dataclass
@@ -203,6 +205,8 @@ def validate(cfg: Config) -> None:
     _choice("optim.name", cfg.optim.name, ("adamw", "sgd"))
     _choice("optim.schedule", cfg.optim.schedule, ("cosine", "constant"))
     _choice("train.metric_mode", cfg.train.metric_mode, ("max", "min"))
+    _choice("head.name", cfg.head.name, ("classification", "multilabel", "regression", "token"))
+    _choice("head.loss", cfg.head.loss, ("mse", "l1"))
     _choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp32"))
     _choice("wandb.mode", cfg.wandb.mode, ("auto", "online", "offline", "disabled"))
     if cfg.optim.grad_accum_steps < 1:

@@ -84,8 +84,12 @@ class MultimodalModel(nn.Module):
         return self.head(self.fusion(outputs, present))
 
 
-def build_model(cfg: Config, num_classes: int) -> MultimodalModel:
-    """Build the model a config describes: its modalities' encoders, the fusion and the head."""
+def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> MultimodalModel:
+    """Build the model a config describes: its modalities' encoders, the fusion and the head.
+
+    ``num_classes`` is the head's output size (``mm.labels`` codec's ``num_outputs``); ``classes``
+    the class names, which the token head needs for its entity metrics.
+    """
     encoders = {}
     for m in sorted(cfg.data.modalities):
         enc_cfg = vars(getattr(cfg.encoders, m))
@@ -95,7 +99,8 @@ def build_model(cfg: Config, num_classes: int) -> MultimodalModel:
         {m: e.out_dim for m, e in encoders.items()},
         **{k: v for k, v in vars(cfg.fusion).items() if k != "name"},
     )
-    head = build_head(cfg.head.name, fusion.out_dim, num_classes)
+    head = build_head(cfg.head.name, fusion.out_dim, num_classes, classes=classes, top_k=cfg.head.top_k,
+                      loss=cfg.head.loss)
     return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.data.modality_dropout)
 
 

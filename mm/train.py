@@ -23,6 +23,7 @@ from mm.checkpoint import load_state, load_weights, save_state, save_weights
 from mm.config import Config, to_dict, to_yaml
 from mm.data import build_splits
 from mm.data.collate import Collator
+from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model, parameter_counts
 from mm.optim import build_optimizer, build_scheduler
 from mm.tracking import Tracker
@@ -131,15 +132,14 @@ def train(cfg: Config) -> dict[str, Any]:
     # the class list comes from the training split (or the checkpoint, on resume).
     classes = resume_state["classes"] if resume_state else None
     if classes is None:
-        from mm.data import resolve_dataset
-        from mm.data.manifest import label_vocabulary, read_manifest
+        from mm.data import training_classes
 
-        root, label_key = resolve_dataset(cfg.data)
-        classes = label_vocabulary(read_manifest(root / "train.jsonl"), label_key)
-    model = build_model(cfg, num_classes=len(classes)).to(device)
-    splits, classes = build_splits(cfg.data, dict(model.encoders), classes)
+        classes = training_classes(cfg.data, cfg.head.name)
+    num_outputs = build_codec(cfg.head.name, classes).num_outputs  # regression: 1, no classes
+    model = build_model(cfg, num_classes=num_outputs, classes=classes).to(device)
+    splits, classes = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
     (run_dir / "classes.json").write_text(json.dumps(classes))
-    collate = Collator(cfg.data.modalities, dict(model.encoders))
+    collate = Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name)
 
     def loader(split: str, batch_sampler=None) -> DataLoader:
         kwargs: dict[str, Any] = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": cfg.train.eval_batch_size}

@@ -45,7 +45,7 @@ def test_concat_ignores_dict_order():
 
 
 def test_registries_list_valid_names():
-    with pytest.raises(ValueError, match=r"\['concat'\]"):
+    with pytest.raises(ValueError, match=r"unknown fusion 'nope'; valid: \[.*'concat'.*'text_tokens'\]"):
         build_fusion("nope", {"text": 4})
     with pytest.raises(ValueError, match="classification"):
         build_head("nope", 4, 2)

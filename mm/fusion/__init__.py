@@ -24,6 +24,7 @@ from mm.fusion.base import mlp
 from mm.fusion.concat import ConcatFusion
 from mm.fusion.tensor import LowRankFusion, TensorFusion
 from mm.fusion.weighted import GatedFusion, LateFusion
+from mm.fusion_tokens import TextTokensFusion
 
 FUSIONS: dict[str, type[nn.Module]] = {
     "concat": ConcatFusion,
@@ -32,6 +33,7 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "attention": AttentionFusion,
     "tensor": TensorFusion,
     "lowrank": LowRankFusion,
+    "text_tokens": TextTokensFusion,  # [B, T_text, D] for the token head
 }
 
 __all__ = [
