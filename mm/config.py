@@ -43,25 +43,39 @@ class DataConfig:
     modalities: list[str] = field(default_factory=lambda: ["text", "image"])
     num_workers: int = 0
     modality_dropout: float = 0.0  # train-time probability of dropping each modality of a sample
+    train_fraction: float = 1.0  # use this fraction of the training split (a fixed, seeded subset)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
-class TextEncoderConfig:
+class PolicyConfig:
+    """How much of a pretrained backbone trains (``mm.encoders.policies``), the same for every encoder."""
+
+    trainable: str = "frozen"  # frozen | linear_probe | last_n | gradual | lora | full
+    last_n: int = 2  # last_n: top blocks (plus the final norm) that train
+    gradual_every: int = 1  # gradual: one more block opens every this many...
+    gradual_unit: str = "epoch"  # ...epochs or steps
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)  # empty: per-family defaults
+
+
+@dataclass
+class TextEncoderConfig(PolicyConfig):
     source: str = "minilm"  # alias, hub id or local folder
-    trainable: str = "frozen"  # frozen | full
     max_length: int = 64
     pooling: str = "mean"  # mean | cls
 
 
 @dataclass
-class ImageEncoderConfig:
+class ImageEncoderConfig(PolicyConfig):
     source: str = "tiny-vit"  # alias, timm hub name, local folder, or arch@file
     trainable: str = "full"
 
 
 @dataclass
-class AudioEncoderConfig:
+class AudioEncoderConfig(PolicyConfig):
     source: str = "tiny-wav2vec2"
     trainable: str = "full"
     freeze_feature_encoder: bool = True
@@ -98,13 +112,15 @@ class HeadConfig:
 class OptimConfig:
     """Optimizer and schedule. ``lr`` is for new modules (fusion, head), ``backbone_lr`` for encoders."""
 
-    name: str = "adamw"  # adamw | sgd
+    name: str = "adamw"  # adamw | adam | sgd | rmsprop
     lr: float = 1e-3
     backbone_lr: float = 3e-4
     weight_decay: float = 0.01
-    momentum: float = 0.9  # sgd
+    momentum: float = 0.9  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    layer_decay: float = 1.0  # backbone lr x layer_decay^(depth from the top); 1 = off
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | linear | constant
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0  # 0 disables clipping
     grad_accum_steps: int = 1
@@ -117,7 +133,10 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     eval_every: int = 0  # optimizer steps between validations; 0 = once per epoch
-    metric: str = "accuracy"  # val metric that picks the best checkpoint
+    metric: str = "accuracy"  # val metric that picks the best checkpoint (and drives early stopping)
+    patience: int = 0  # early stopping: validations without improvement before stopping; 0 = off
+    min_delta: float = 0.0  # early stopping: smallest change that counts as an improvement
+    label_smoothing: float = 0.0  # classification cross-entropy
     metric_mode: str = "max"  # max | min
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
@@ -200,10 +219,16 @@ def validate(cfg: Config) -> None:
     for m in cfg.data.modalities:
         _choice("data.modalities", m, MODALITIES)
     for m in MODALITIES:
-        _choice(f"encoders.{m}.trainable", getattr(cfg.encoders, m).trainable, ("frozen", "full"))
+        enc = getattr(cfg.encoders, m)
+        _choice(f"encoders.{m}.trainable", enc.trainable,
+                ("frozen", "linear_probe", "last_n", "gradual", "lora", "full"))
+        _choice(f"encoders.{m}.gradual_unit", enc.gradual_unit, ("epoch", "step"))
     _choice("encoders.text.pooling", cfg.encoders.text.pooling, ("mean", "cls"))
-    _choice("optim.name", cfg.optim.name, ("adamw", "sgd"))
-    _choice("optim.schedule", cfg.optim.schedule, ("cosine", "constant"))
+    _choice("fusion.late_weights", cfg.fusion.late_weights, ("mean", "learned"))
+    _choice("optim.name", cfg.optim.name, ("adamw", "adam", "sgd", "rmsprop"))
+    _choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
+    if not 0 < cfg.data.train_fraction <= 1:
+        raise ConfigError("'data.train_fraction' must be in (0, 1]")
     _choice("train.metric_mode", cfg.train.metric_mode, ("max", "min"))
     _choice("head.name", cfg.head.name, ("classification", "multilabel", "regression", "token"))
     _choice("head.loss", cfg.head.loss, ("mse", "l1"))

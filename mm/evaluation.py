@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from mm.checkpoint import load_weights
 from mm.config import Config, load_config
+from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
 
 NOISE_LEVELS = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -40,7 +41,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Mul
             raise FileNotFoundError(f"{run_dir} is not a finished mm run: {name} is missing")
     cfg = load_config(run_dir / "config.yaml")
     classes = json.loads((run_dir / "classes.json").read_text())
-    model = build_model(cfg, num_classes=len(classes))
+    model = build_model(cfg, num_classes=build_codec(cfg.head.name, classes).num_outputs, classes=classes)
     load_weights(model, run_dir / "checkpoints" / checkpoint / "model.safetensors")
     return cfg, model.eval(), classes
 

@@ -43,9 +43,10 @@ class ClassificationHead(nn.Module):
         top_k: report ``top{k}_accuracy`` for each k smaller than ``num_classes``.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, top_k: Sequence[int] = (5,)):
+    def __init__(self, in_dim: int, num_classes: int, top_k: Sequence[int] = (5,), label_smoothing: float = 0.0):
         super().__init__()
         self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
         self.top_k = [k for k in top_k if k < num_classes]
         self.linear = nn.Linear(in_dim, num_classes)
 
@@ -53,7 +54,7 @@ class ClassificationHead(nn.Module):
         return self.linear(fused)  # [B, num_classes]
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), batch["label"])
+        return F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)
 
     def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
         """Metrics over a whole split from its batches' ``logits [B, C]`` and ``labels [B]``."""
@@ -172,8 +173,9 @@ class TokenHead(nn.Module):
         tags: the tag names (``O``, ``B-PER``, ...), index = tag id.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, tags: Sequence[str]):
+    def __init__(self, in_dim: int, num_classes: int, tags: Sequence[str], label_smoothing: float = 0.0):
         super().__init__()
+        self.label_smoothing = label_smoothing
         if len(tags) != num_classes:
             raise ValueError(f"{len(tags)} tag names for {num_classes} classes")
         self.num_classes = num_classes
@@ -188,7 +190,8 @@ class TokenHead(nn.Module):
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         # [B, T, C] -> [B*T, C] against [B*T]; -100 positions are ignored
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["label"].flatten(), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["label"].flatten(), ignore_index=IGNORE_INDEX,
+                               label_smoothing=self.label_smoothing)
 
     def decode(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[list[list[str]], list[list[str]]]:
         """Word-level ``(true, predicted)`` tag sequences, one per sample, from the labelled pieces."""
@@ -222,7 +225,7 @@ HEADS = {"classification": ClassificationHead, "multilabel": MultiLabelHead, "re
 
 
 def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | None = None,
-               top_k: Sequence[int] = (5,), loss: str = "mse") -> nn.Module:
+               top_k: Sequence[int] = (5,), loss: str = "mse", label_smoothing: float = 0.0) -> nn.Module:
     """Build a head from the registry.
 
     Args:
@@ -232,15 +235,16 @@ def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | 
         classes: the class names; required by ``token`` (its tags, for entity metrics).
         top_k: ``classification``: the k of the top-k accuracies.
         loss: ``regression``: ``mse`` or ``l1``.
+        label_smoothing: ``classification`` and ``token``: cross-entropy label smoothing.
     """
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; valid: {sorted(HEADS)}")
     if name == "classification":
-        return ClassificationHead(in_dim, num_classes, top_k=top_k)
+        return ClassificationHead(in_dim, num_classes, top_k=top_k, label_smoothing=label_smoothing)
     if name == "regression":
         return RegressionHead(in_dim, num_classes, loss=loss)
     if name == "token":
         if classes is None:
             raise ValueError("the token head needs the tag names (classes)")
-        return TokenHead(in_dim, num_classes, tags=[str(c) for c in classes])
+        return TokenHead(in_dim, num_classes, tags=[str(c) for c in classes], label_smoothing=label_smoothing)
     return HEADS[name](in_dim, num_classes)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from mm.config import Config
+from mm.config import Config, PolicyConfig
 from mm.encoders import build_encoder
 from mm.encoders.base import EncoderOutput
+from mm.encoders.policies import apply_policy
 from mm.fusion import build_fusion
 from mm.heads import build_head
+
+POLICY_KEYS = {f.name for f in fields(PolicyConfig)}
 
 
 class MultimodalModel(nn.Module):
@@ -93,14 +97,20 @@ def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> M
     encoders = {}
     for m in sorted(cfg.data.modalities):
         enc_cfg = vars(getattr(cfg.encoders, m))
-        encoders[m] = build_encoder(m, **enc_cfg)
-    fusion = build_fusion(
-        cfg.fusion.name,
-        {m: e.out_dim for m, e in encoders.items()},
-        **{k: v for k, v in vars(cfg.fusion).items() if k != "name"},
-    )
+        encoder = build_encoder(m, trainable="frozen", **{k: v for k, v in enc_cfg.items() if k not in POLICY_KEYS})
+        apply_policy(encoder, enc_cfg["trainable"], last_n=enc_cfg["last_n"], lora_r=enc_cfg["lora_r"],
+                     lora_alpha=enc_cfg["lora_alpha"], lora_dropout=enc_cfg["lora_dropout"],
+                     lora_targets=enc_cfg["lora_targets"])
+        encoders[m] = encoder
+    fusion_kwargs = {k: v for k, v in vars(cfg.fusion).items() if k != "name"}
+    if any(e.policy == "linear_probe" for e in encoders.values()):
+        # A linear probe learns one linear map of the frozen features: no fusion MLP.
+        if cfg.fusion.name != "concat":
+            raise ValueError(f"linear_probe needs fusion.name=concat, not {cfg.fusion.name!r}")
+        fusion_kwargs["num_layers"] = 0
+    fusion = build_fusion(cfg.fusion.name, {m: e.out_dim for m, e in encoders.items()}, **fusion_kwargs)
     head = build_head(cfg.head.name, fusion.out_dim, num_classes, classes=classes, top_k=cfg.head.top_k,
-                      loss=cfg.head.loss)
+                      loss=cfg.head.loss, label_smoothing=cfg.train.label_smoothing)
     return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.data.modality_dropout)
 
 

@@ -11,28 +11,40 @@ from mm.config import OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Trainable parameters split by (backbone vs new module) x (decay vs no decay).
+    """Trainable parameters split by (backbone vs new module) x (decay vs no decay) x depth.
 
-    Encoders (names under ``encoders.``) get ``backbone_lr``; fusion and head get ``lr``. Biases and
-    normalisation weights (every parameter with fewer than two dimensions) get no weight decay.
-    Empty groups are dropped; each group carries a ``name`` for logging.
+    Encoders (names under ``encoders.``) get ``backbone_lr``, times ``layer_decay ** depth`` with
+    the depth counted from the top of the backbone (``mm.encoders.layers``: final norm 0, last
+    block 1, ..., embeddings ``blocks + 1``; new encoder parameters such as LoRA adapters take the
+    depth of the layer they sit in); fusion and head get ``lr``. Biases and normalisation weights
+    (every parameter with fewer than two dimensions) get no weight decay. The parameters of a
+    ``gradual`` encoder are all included while still frozen: they have no gradient, so the
+    optimizer skips them until they thaw. Empty groups are dropped; each group has a ``name``.
     """
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    depth: dict[str, int] = {}
+    encoders = getattr(model, "encoders", {})
+    if cfg.layer_decay != 1.0:
+        from mm.encoders.layers import layer_groups
+
+        for m, enc in encoders.items():
+            for name, d in layer_groups(enc.backbone).depth_from_top().items():
+                depth[f"encoders.{m}.backbone.{name}"] = d
+
+    groups: dict[tuple[str, int, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        modality = name.split(".")[1] if name.startswith("encoders.") else None
+        thaws_later = modality is not None and getattr(encoders[modality], "policy", None) == "gradual"
+        if not (p.requires_grad or thaws_later):
             continue
-        part = "backbone" if name.startswith("encoders.") else "new"
-        groups.setdefault((part, p.ndim >= 2), []).append(p)
+        part = "backbone" if modality else "new"
+        d = depth.get(name, 0)
+        groups.setdefault((part, d, p.ndim >= 2), []).append(p)
     out = []
-    for (part, decay), params in sorted(groups.items()):
-        out.append(
-            {
-                "name": f"{part}/{'decay' if decay else 'no_decay'}",
-                "params": params,
-                "lr": cfg.backbone_lr if part == "backbone" else cfg.lr,
-                "weight_decay": cfg.weight_decay if decay else 0.0,
-            }
-        )
+    for (part, d, decay), params in sorted(groups.items()):
+        lr = cfg.backbone_lr * cfg.layer_decay**d if part == "backbone" else cfg.lr
+        suffix = f"/depth{d}" if cfg.layer_decay != 1.0 and part == "backbone" else ""
+        out.append({"name": f"{part}{suffix}/{'decay' if decay else 'no_decay'}", "params": params,
+                    "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0})
     return out
 
 
@@ -42,9 +54,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         raise ValueError("the model has no trainable parameters")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; valid: ['adamw', 'sgd']")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"unknown optimizer {cfg.name!r}; valid: ['adam', 'adamw', 'rmsprop', 'sgd']")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -53,10 +69,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "linear":
+        return max(0.0, 1.0 - (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "cosine":
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    raise ValueError(f"unknown schedule {schedule!r}; valid: ['constant', 'cosine']")
+    raise ValueError(f"unknown schedule {schedule!r}; valid: ['constant', 'cosine', 'linear']")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

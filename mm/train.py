@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ from mm.checkpoint import load_state, load_weights, save_state, save_weights
 from mm.config import Config, to_dict, to_yaml
 from mm.data import build_splits
 from mm.data.collate import Collator
+from mm.encoders.policies import gradual_blocks, thaw
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model, parameter_counts
 from mm.optim import build_optimizer, build_scheduler
+from mm.reports import write_classification_report
 from mm.tracking import Tracker
 
 
@@ -85,9 +88,57 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def train_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """The training indices a run uses: a seeded random ``fraction`` of ``n`` (all when 1). Smaller
+    fractions are prefixes of larger ones, so a data curve's subsets are nested."""
+    if fraction >= 1:
+        return list(range(n))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[: max(1, round(fraction * n))])
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best validation value; ``should_stop`` after ``patience`` validations without an
+    improvement larger than ``min_delta`` (``patience`` 0 never stops)."""
+
+    mode: str = "max"
+    patience: int = 0
+    min_delta: float = 0.0
+    best: float | None = None
+    best_step: int = -1
+    bad_evals: int = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """Record a validation; return True when it is a new best."""
+        if self.best is None or (value - self.best if self.mode == "max" else self.best - value) > self.min_delta:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+
+def update_gradual(model: MultimodalModel, cfg: Config, step: int, epoch: int) -> list[str]:
+    """Open more blocks of ``gradual`` encoders when their schedule says so; returns what opened."""
+    opened = []
+    for m, enc in model.encoders.items():
+        if enc.policy == "gradual":
+            pc = getattr(cfg.encoders, m)
+            k = gradual_blocks(step if pc.gradual_unit == "step" else epoch, pc.gradual_every)
+            if k > enc.thawed:
+                opened += [f"{m}.{name}" for name in thaw(enc, k)]
+    return opened
+
+
 @torch.no_grad()
-def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, precision: str) -> dict[str, float]:
-    """Loss and the head's metrics over a whole split."""
+def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, precision: str,
+             outputs: dict[str, list] | None = None) -> dict[str, float]:
+    """Loss and the head's metrics over a whole split (per-batch logits and labels are kept in
+    ``outputs`` when given)."""
     model.eval()
     logits, labels, loss_sum, n = [], [], 0.0, 0
     for batch in loader:
@@ -99,6 +150,8 @@ def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, p
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
     metrics = model.head.metrics(logits, labels)
+    if outputs is not None:
+        outputs.update(logits=logits, labels=labels)
     return {"loss": loss_sum / n, **metrics}
 
 
@@ -149,22 +202,24 @@ def train(cfg: Config) -> dict[str, Any]:
 
     # Schedule length: optimizer steps per epoch (accumulated micro-batches) x epochs.
     accum = cfg.optim.grad_accum_steps
-    n_train = len(splits["train"])
+    train_idx = train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed)
+    n_train = len(train_idx)
     steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / accum)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     eval_every = cfg.train.eval_every or steps_per_epoch
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     metric_key = f"val/{cfg.train.metric}"
-    better = (lambda a, b: a > b) if cfg.train.metric_mode == "max" else (lambda a, b: a < b)
+    stopper = EarlyStopping(cfg.train.metric_mode, cfg.train.patience, cfg.train.min_delta)
 
     # Resume: weights, optimizer, schedule, counters and the RNG all continue where they stopped.
-    step, best_value, best_step = 0, None, -1
+    step = 0
     if resume_state:
         load_weights(model, ckpt_dir / "last" / "model.safetensors")
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
-        step, best_value, best_step = resume_state["step"], resume_state["best_value"], resume_state["best_step"]
+        step = resume_state["step"]
+        stopper = EarlyStopping(**resume_state["early_stopping"])
         torch.set_rng_state(resume_state["rng"])
     counts = parameter_counts(model)
     tracker = Tracker(
@@ -177,7 +232,7 @@ def train(cfg: Config) -> dict[str, Any]:
     def checkpoint() -> None:
         save_weights(model, ckpt_dir / "last" / "model.safetensors")
         save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "best_value": best_value, "best_step": best_step, "rng": torch.get_rng_state(),
+                    "early_stopping": vars(stopper), "rng": torch.get_rng_state(),
                     "classes": classes}, ckpt_dir / "last" / "state.pt")
 
     progress = _progress(total_steps, step, cfg.train.progress)
@@ -185,13 +240,17 @@ def train(cfg: Config) -> dict[str, Any]:
     model.train()
     optimizer.zero_grad(set_to_none=True)
     window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
-    while step < total_steps:
+    while step < total_steps and not stopper.should_stop:
         # One epoch's batches, grouped into optimizer steps; a resumed run skips those done.
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        micro = epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch)
+        micro = [[train_idx[i] for i in b] for b in epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch)]
         groups = [micro[i : i + accum] for i in range(0, len(micro), accum)][done_in_epoch:]
         batches = iter(loader("train", [idx for group in groups for idx in group]))
         for group in groups:
+            # Gradual unfreezing: open more backbone blocks when the schedule says so.
+            opened = update_gradual(model, cfg, step, step // steps_per_epoch)
+            if opened:
+                tracker.log({"train/trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}, step)
             # Accumulate gradients over the group's micro-batches, then clip and step.
             for _ in group:
                 batch = next(batches)
@@ -227,27 +286,32 @@ def train(cfg: Config) -> dict[str, Any]:
                 tracker.log(val, step)
                 if metric_key not in val:
                     raise KeyError(f"train.metric: {cfg.train.metric!r} is not a val metric; have {sorted(val)}")
-                if best_value is None or better(val[metric_key], best_value):
-                    best_value, best_step = val[metric_key], step
+                if stopper.update(val[metric_key], step):
                     save_weights(model, ckpt_dir / "best" / "model.safetensors")
                 postfix[f"val_{cfg.train.metric}"] = f"{val[metric_key]:.3f}"
                 progress.set_postfix(postfix)
                 checkpoint()
-            if step >= total_steps:
+            if step >= total_steps or stopper.should_stop:  # done, or early stopping
                 break
     progress.close()
 
     # Test the best checkpoint (the one validation chose), never the last one by default.
     load_weights(model, ckpt_dir / "best" / "model.safetensors")
     val = evaluate(model, loader("val"), device, cfg.train.precision)
-    test = evaluate(model, loader("test"), device, cfg.train.precision)
+    outputs: dict[str, list] = {}
+    test = evaluate(model, loader("test"), device, cfg.train.precision, outputs)
     tracker.log({**{f"test/{k}": v for k, v in test.items()}}, step)
+    if cfg.head.name == "classification":  # per-class report and confusion matrix
+        pred, true = torch.cat(outputs["logits"]).argmax(-1).numpy(), torch.cat(outputs["labels"]).numpy()
+        report = write_classification_report(pred, true, classes, run_dir / "report", "test")
+        tracker.log_image("test/confusion_matrix", report["png"], step)
     results = {
-        "run_dir": str(run_dir), "best_step": best_step, "steps": step, "val": val, "test": test,
-        "classes": len(classes), "params": counts, "wall_time_s": round(time.perf_counter() - t_start, 2),
+        "run_dir": str(run_dir), "best_step": stopper.best_step, "steps": step, "stopped_early": stopper.should_stop,
+        "val": val, "test": test, "classes": len(classes), "params": counts,
+        "wall_time_s": round(time.perf_counter() - t_start, 2),
     }
-    tracker.summary({f"best/{metric_key}": best_value, "best/step": best_step,
-                     **{f"test/{k}": v for k, v in test.items()}})
+    tracker.summary({f"best/{metric_key}": stopper.best, "best/step": stopper.best_step,
+                     "stopped_early": stopper.should_stop, **{f"test/{k}": v for k, v in test.items()}})
     tracker.finish()
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     from mm.tracking import Tracker
 
     cfg, model, classes = load_run(args.run_dir, args.checkpoint)
-    splits, _ = build_splits(cfg.data, dict(model.encoders), classes)
+    splits, _ = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
     loader = DataLoader(splits[args.split], batch_size=cfg.train.eval_batch_size,
-                        collate_fn=Collator(cfg.data.modalities, dict(model.encoders)))
+                        collate_fn=Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name))
     rows = robustness(model, loader, tuple(args.levels or NOISE_LEVELS), seed=cfg.seed)
     metric = args.metric or cfg.train.metric
     paths = write_robustness(rows, args.run_dir / f"eval-{args.split}", metric)

@@ -66,7 +66,8 @@ def test_wandb_offline_history_equals_metrics_jsonl(learned):
     _, results = learned
     run_dir = Path(results["run_dir"])
     local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    logged = read_offline_history(run_dir)
+    # Media (the confusion-matrix image) go to W&B only; metrics.jsonl holds the metrics.
+    logged = [r for r in read_offline_history(run_dir) if not any(k.endswith("._type") for k in r)]
     assert len(logged) == len(local) > 0
     for w, j in zip(logged, local, strict=True):
         assert w["global_step"] == j["step"]
@@ -126,3 +127,48 @@ def test_cli_run_prints_json_summary_last(tmp_path):
     assert Path(summary["run_dir"]).parent == tmp_path
     assert set(summary["test"]) == {"loss", "accuracy", "macro_f1"}
     assert json.loads((Path(summary["run_dir"]) / "results.json").read_text())["test"] == summary["test"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "patience", "min_delta", "values", "stop_at", "best_at"),
+    [
+        ("max", 2, 0.0, [0.5, 0.6, 0.6, 0.55, 0.9], 4, 2),  # two validations without gain after 0.6
+        ("max", 2, 0.05, [0.5, 0.52, 0.54, 0.7, 0.72, 0.74], 3, 1),  # gains under min_delta don't count
+        ("min", 1, 0.0, [1.0, 0.8, 0.9], 3, 2),
+        ("max", 0, 0.0, [0.9, 0.1, 0.1, 0.1], None, 1),  # patience 0: never stops
+    ],
+)
+def test_early_stopping_on_scripted_metrics(mode, patience, min_delta, values, stop_at, best_at):
+    stopper = mm_train.EarlyStopping(mode, patience, min_delta)
+    stopped = None
+    for i, v in enumerate(values, 1):
+        stopper.update(v, i)
+        if stopper.should_stop:
+            stopped = i
+            break
+    assert stopped == stop_at and stopper.best_step == best_at
+
+
+def test_training_stops_early_and_tests_the_best_weights(tmp_path, monkeypatch):
+    scripted = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
+    real = mm_train.evaluate
+
+    def fake_evaluate(model, loader, device, precision, outputs=None):
+        metrics = real(model, loader, device, precision, outputs)
+        if loader.dataset.split == "val" and model.training is False and not outputs:
+            metrics["accuracy"] = next(scripted, metrics["accuracy"])
+        return metrics
+
+    monkeypatch.setattr(mm_train, "evaluate", fake_evaluate)
+    cfg = small_cfg(tmp_path, "encoders.text.source=tiny-bert", "data.synthetic.n_train=96", "train.batch_size=16",
+                    "train.eval_every=2", "train.max_steps=20", "train.patience=2")
+    results = mm_train.train(cfg)
+    # val accuracy at steps 2, 4, 6, 8: 0.5, 0.7 (best), 0.6, 0.65 -> stop at step 8, best step 4
+    assert results["stopped_early"] and results["steps"] == 8 and results["best_step"] == 4
+
+
+def test_train_fraction_takes_a_nested_seeded_subset():
+    small, large = mm_train.train_subset(100, 0.1, 3), mm_train.train_subset(100, 0.5, 3)
+    assert len(small) == 10 and len(large) == 50 and set(small) <= set(large)
+    assert mm_train.train_subset(100, 1.0, 3) == list(range(100))
+    assert mm_train.train_subset(100, 0.1, 3) == small and mm_train.train_subset(100, 0.1, 4) != small
