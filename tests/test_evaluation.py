@@ -70,3 +70,36 @@ def test_evaluate_script_writes_matrix(run):
     assert float(rows[3]["accuracy"]) == float(rows[0]["accuracy"]) == float(rows[5]["accuracy"])
     assert (run_dir / "eval-test/robustness.png").stat().st_size > 0
     assert "| s=0 | s=0.5 |" in (run_dir / "eval-test/robustness.md").read_text()
+
+
+def test_predict_batch_matches_the_test_split_and_needs_no_labels(run, tmp_path):
+    from mm.data import resolve_dataset
+    from mm.data.manifest import read_manifest
+    from mm.predict import predict_rows
+
+    cfg, model, classes = load_run(run["run_dir"])
+    root, label_key = resolve_dataset(cfg.data)
+    rows = read_manifest(root / "test.jsonl")
+    unlabeled = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
+    preds = list(predict_rows(run["run_dir"], unlabeled, root, batch_size=16))
+    assert [p["id"] for p in preds] == [r["id"] for r in rows]
+    for p in preds:
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert p["prediction"] == max(p["probabilities"], key=p["probabilities"].get)
+    accuracy = sum(p["prediction"] == r["labels"][cfg.data.task] for p, r in zip(preds, rows, strict=True)) / len(rows)
+    assert accuracy == pytest.approx(run["test"]["accuracy"])
+
+
+def test_predict_cli_single_example_and_file(run, tmp_path):
+    from mm.data import resolve_dataset
+
+    cfg, _, _ = load_run(run["run_dir"])
+    root, _ = resolve_dataset(cfg.data)
+    row = json.loads((root / "test.jsonl").read_text().splitlines()[0])
+    single = subprocess.run([sys.executable, "scripts/predict.py", run["run_dir"], "--text", row["text"],
+                             "--image", str(root / row["image"])], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    pred = json.loads(single.stdout.strip().splitlines()[-1])
+    assert pred["prediction"] in pred["probabilities"]
+    usage = subprocess.run([sys.executable, "scripts/predict.py", run["run_dir"]], cwd=ROOT, capture_output=True, text=True)
+    assert usage.returncode == 2 and "either --input" in usage.stderr

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mm.data.audio_io import load_audio
-from mm.labels import ClassLabels, Codec, LabelError, TagLabels
+from mm.labels import ClassLabels, Codec, LabelError, MultiLabels, RegressionLabels, TagLabels
 
 SPLITS = ("train", "val", "test")
 
@@ -103,11 +103,13 @@ class ManifestDataset(Dataset):
         image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
         sample_rate: int | None = None,
         codec: Codec | None = None,
+        rows: list[dict] | None = None,
+        require_labels: bool = True,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.modalities = sorted(modalities)
-        self.rows = read_split(self.root, split)
+        self.rows = rows if rows is not None else read_split(self.root, split)
         self.codec = codec if codec is not None else ClassLabels(classes)
         self.classes = list(self.codec.classes)
         self.label_key = label_key
@@ -117,6 +119,8 @@ class ManifestDataset(Dataset):
         self.words: list[list[str]] = []  # token tagging only
         for row in self.rows:
             value = _get(row, label_key)
+            if value is None and not require_labels:  # inference: a placeholder that is never scored
+                value = self._placeholder(row)
             if value is None:
                 raise ManifestError(f"{row['_where']}: no label at key '{label_key}'")
             try:
@@ -128,6 +132,15 @@ class ManifestDataset(Dataset):
             for m in ("image", "audio"):
                 if m in self.modalities and row.get(m) is not None and not (self.root / row[m]).is_file():
                     raise ManifestError(f"{row['_where']}: {m} file not found: {self.root / row[m]}")
+
+    def _placeholder(self, row: dict) -> Any:
+        if isinstance(self.codec, TagLabels):
+            return [self.classes[0]] * len(row.get(TagLabels.words_key) or [])
+        if isinstance(self.codec, MultiLabels):
+            return []
+        if isinstance(self.codec, RegressionLabels):
+            return 0.0
+        return self.classes[0]
 
     def _words(self, row: dict, tags: list) -> list[str]:
         words = row.get(TagLabels.words_key)

@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Predict with a trained run.
+
+    python scripts/predict.py RUN_DIR --input manifest.jsonl --output predictions.jsonl
+    python scripts/predict.py RUN_DIR --text "a kitten and a red ring" --image pic.png [--audio clip.wav]
+
+Batch mode reads a JSONL manifest (rows with text / image / audio, media paths relative to the
+manifest's folder; labels are not needed) and writes one JSON line per row: its id, the
+prediction decoded to class names and the class probabilities. Single-example mode prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--input", type=Path, help="JSONL manifest to predict")
+    parser.add_argument("--output", type=Path, help="where to write predictions (default: stdout)")
+    parser.add_argument("--text", help="single example: the text")
+    parser.add_argument("--image", type=Path, help="single example: an image file")
+    parser.add_argument("--audio", type=Path, help="single example: an audio file")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    single = {k: v for k, v in (("text", args.text), ("image", args.image), ("audio", args.audio)) if v is not None}
+    if bool(args.input) == bool(single):
+        parser.error("give either --input FILE or a single example (--text/--image/--audio)")
+
+    from mm.data.manifest import read_manifest
+    from mm.predict import predict_rows
+
+    if args.input:
+        rows, root = read_manifest(args.input), args.input.parent
+    else:
+        rows = [{k: str(v.resolve()) if isinstance(v, Path) else v for k, v in single.items()}]
+        rows[0]["_where"] = "command line"
+        root = Path.cwd()
+    out = args.output.open("w") if args.output else sys.stdout
+    n = 0
+    for pred in predict_rows(args.run_dir, rows, root, args.batch_size):
+        out.write(json.dumps(pred) + "\n")
+        n += 1
+    if args.output:
+        out.close()
+        print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
