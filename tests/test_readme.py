@@ -1,0 +1,34 @@
+"""The README's train commands parse: every option and dotted override they use exists."""
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mm.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("python scripts/train.py")]
+
+
+def test_readme_has_train_commands():
+    assert len(train_commands()) >= 5
+
+
+@pytest.mark.parametrize("command", train_commands())
+def test_readme_train_command_parses(command):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from train import parse_args
+
+    args = parse_args(shlex.split(command, comments=True)[2:])
+    overrides = [o for o in args.overrides if "=" in o and "/data/" not in o]
+    config = str(ROOT / args.config) if args.config else None
+    if isinstance(args.resume, str):
+        return  # names a run folder that exists only after training
+    load_config(config, overrides + ([f"data.modalities=[{args.modalities}]"] if args.modalities else []))
