@@ -44,6 +44,7 @@ class DataConfig:
     num_workers: int = 0
     modality_dropout: float = 0.0  # train-time probability of dropping each modality of a sample
     train_fraction: float = 1.0  # use this fraction of the training split (a fixed, seeded subset)
+    cache_features: str = "auto"  # auto: frozen encoders' outputs come from mm.features' cache | off
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -227,6 +228,9 @@ def validate(cfg: Config) -> None:
     _choice("fusion.late_weights", cfg.fusion.late_weights, ("mean", "learned"))
     _choice("optim.name", cfg.optim.name, ("adamw", "adam", "sgd", "rmsprop"))
     _choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
+    if cfg.data.cache_features == "False":  # YAML reads a bare `off` as false
+        cfg.data.cache_features = "off"
+    _choice("data.cache_features", cfg.data.cache_features, ("auto", "off"))
     if not 0 < cfg.data.train_fraction <= 1:
         raise ConfigError("'data.train_fraction' must be in (0, 1]")
     _choice("train.metric_mode", cfg.train.metric_mode, ("max", "min"))

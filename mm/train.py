@@ -25,6 +25,7 @@ from mm.config import Config, to_dict, to_yaml
 from mm.data import build_splits
 from mm.data.collate import Collator
 from mm.encoders.policies import gradual_blocks, thaw
+from mm.features import encode_with_cache, use_feature_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model, parameter_counts
 from mm.optim import build_optimizer, build_scheduler
@@ -144,7 +145,7 @@ def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, p
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device, precision):
-            out = model(batch)
+            out = model(batch, outputs=encode_with_cache(model, batch))
         loss_sum += model.head.loss(out, batch).item() * len(batch["label"])
         n += len(batch["label"])
         logits.append(out.float().cpu())
@@ -159,7 +160,7 @@ def train_step(model: MultimodalModel, batch: dict, device: torch.device, precis
     """Forward and backward of one micro-batch; the loss is scaled for gradient accumulation."""
     batch = to_device(batch, device)
     with autocast(device, precision):
-        logits = model(batch)
+        logits = model(batch, outputs=encode_with_cache(model, batch))
     loss = model.head.loss(logits, batch)
     (loss * scale).backward()
     return loss.item()
@@ -193,6 +194,8 @@ def train(cfg: Config) -> dict[str, Any]:
     splits, classes = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
     (run_dir / "classes.json").write_text(json.dumps(classes))
     collate = Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name)
+    # Frozen encoders' outputs are computed once per split and weights, then served from the cache.
+    splits, collate, feature_cache = use_feature_cache(cfg, model, splits, collate, device)
 
     def loader(split: str, batch_sampler=None) -> DataLoader:
         kwargs: dict[str, Any] = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": cfg.train.eval_batch_size}
@@ -308,7 +311,7 @@ def train(cfg: Config) -> dict[str, Any]:
     results = {
         "run_dir": str(run_dir), "best_step": stopper.best_step, "steps": step, "stopped_early": stopper.should_stop,
         "val": val, "test": test, "classes": len(classes), "params": counts,
-        "wall_time_s": round(time.perf_counter() - t_start, 2),
+        "wall_time_s": round(time.perf_counter() - t_start, 2), "feature_cache": feature_cache,
     }
     tracker.summary({f"best/{metric_key}": stopper.best, "best/step": stopper.best_step,
                      "stopped_early": stopper.should_stop, **{f"test/{k}": v for k, v in test.items()}})
