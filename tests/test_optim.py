@@ -61,3 +61,20 @@ def test_sgd_and_no_trainable_params():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
         build_optimizer(model, OptimConfig())
+
+
+def test_layer_decay_learning_rates_per_block():
+    from mm.encoders import build_encoder
+
+    model = nn.Module()
+    model.encoders = nn.ModuleDict({"image": build_encoder("image", source="tiny-vit", trainable="full")})
+    model.head = nn.Linear(64, 2)
+    groups = param_groups(model, OptimConfig(lr=1e-3, backbone_lr=1.0, layer_decay=0.5))
+    names = {id(p): n.removeprefix("encoders.image.backbone.") for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+    assert lr_of["norm.weight"] == 1.0  # final norm: depth 0
+    assert lr_of["blocks.1.attn.qkv.weight"] == 0.5  # top block
+    assert lr_of["blocks.0.mlp.fc1.bias"] == 0.25
+    assert lr_of["cls_token"] == lr_of["patch_embed.proj.weight"] == 0.125  # embeddings: depth 3
+    assert lr_of["head.weight"] == 1e-3
+    assert {g["name"] for g in groups} >= {"backbone/depth3/decay", "backbone/depth0/no_decay", "new/decay"}
