@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from mm.data.collate import Collator
-from mm.data.manifest import ManifestDataset, ManifestError, label_vocabulary, read_manifest
+from mm.data.manifest import ManifestDataset, ManifestError, read_manifest
+from mm.labels import LabelError, label_vocabulary
 
 
 def write_manifest(root, rows, split="train"):
@@ -22,8 +23,8 @@ def test_bad_json_names_file_and_line(tmp_path):
 
 def test_missing_label_and_unknown_label_name_the_line(tmp_path):
     write_manifest(tmp_path, [{"text": "a", "label": "x"}, {"text": "b"}])
-    with pytest.raises(ManifestError, match=r"train\.jsonl:2: no label at key 'label'"):
-        label_vocabulary(read_manifest(tmp_path / "train.jsonl"), "label")
+    with pytest.raises(LabelError, match=r"train\.jsonl:2: no label at key 'label'"):
+        label_vocabulary("classification", read_manifest(tmp_path / "train.jsonl"), "label")
     write_manifest(tmp_path, [{"text": "a", "label": "x"}, {"text": "b", "label": "z"}], "val")
     with pytest.raises(ManifestError, match=r"val\.jsonl:2: label 'z'"):
         ManifestDataset(tmp_path, "val", ["text"], "label", ["x", "y"])
@@ -38,7 +39,7 @@ def test_missing_media_file_names_row_and_path(tmp_path):
 def test_dotted_label_key_and_sorted_vocabulary(tmp_path):
     write_manifest(tmp_path, [{"labels": {"t": "b"}}, {"labels": {"t": "a"}}, {"labels": {"t": "b"}}])
     rows = read_manifest(tmp_path / "train.jsonl")
-    assert label_vocabulary(rows, "labels.t") == ["a", "b"]
+    assert label_vocabulary("classification", rows, "labels.t") == ["a", "b"]
     ds = ManifestDataset(tmp_path, "train", ["text"], "labels.t", ["a", "b"])
     assert ds.labels == [1, 0, 1]
 

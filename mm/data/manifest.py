@@ -18,22 +18,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mm.data.audio_io import load_audio
-from mm.labels import ClassLabels, Codec, LabelError, MultiLabels, RegressionLabels, TagLabels
+from mm.labels import ClassLabels, Codec, LabelError, MultiLabels, RegressionLabels, TagLabels, label_at
 
 SPLITS = ("train", "val", "test")
 
 
 class ManifestError(ValueError):
     """A manifest row is malformed; the message names the file and line."""
-
-
-def _get(row: dict, dotted: str) -> Any:
-    value: Any = row
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -65,17 +56,6 @@ def read_split(root: Path, split: str) -> list[dict]:
 
         return read_conll(root / f"{split}.txt")
     return read_manifest(root / f"{split}.jsonl")
-
-
-def label_vocabulary(rows: Sequence[dict], label_key: str) -> list:
-    """Sorted distinct labels of the (training) rows: the class list, index = class id."""
-    labels = set()
-    for row in rows:
-        value = _get(row, label_key)
-        if value is None:
-            raise ManifestError(f"{row['_where']}: no label at key '{label_key}'")
-        labels.add(value)
-    return sorted(labels, key=lambda v: (isinstance(v, str), v))
 
 
 class ManifestDataset(Dataset):
@@ -118,7 +98,7 @@ class ManifestDataset(Dataset):
         self.labels: list = []
         self.words: list[list[str]] = []  # token tagging only
         for row in self.rows:
-            value = _get(row, label_key)
+            value = label_at(row, label_key)
             if value is None and not require_labels:  # inference: a placeholder that is never scored
                 value = self._placeholder(row)
             if value is None:
