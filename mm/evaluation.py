@@ -13,6 +13,7 @@ The robustness matrix has two parts, each a metric on one split:
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Mul
     Returns:
         The config, the model in eval mode on CPU, and the class list.
     """
-    import json
-
     run_dir = Path(run_dir)
     for name in ("config.yaml", "classes.json", f"checkpoints/{checkpoint}/model.safetensors"):
         if not (run_dir / name).is_file():

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from mm.checkpoint import load_state, load_weights, save_state, save_weights
 from mm.config import Config, to_dict, to_yaml
-from mm.data import build_splits
+from mm.data import build_splits, training_classes
 from mm.data.collate import Collator
 from mm.encoders.policies import gradual_blocks, thaw
 from mm.features import encode_with_cache, use_feature_cache
@@ -187,8 +187,6 @@ def train(cfg: Config) -> dict[str, Any]:
     # the class list comes from the training split (or the checkpoint, on resume).
     classes = resume_state["classes"] if resume_state else None
     if classes is None:
-        from mm.data import training_classes
-
         classes = training_classes(cfg.data, cfg.head.name)
     num_outputs = build_codec(cfg.head.name, classes).num_outputs  # regression: 1, no classes
     model = build_model(cfg, num_classes=num_outputs, classes=classes).to(device)
