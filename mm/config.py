@@ -145,6 +145,7 @@ class TrainConfig:
     out_dir: str = "runs"
     resume: bool = False
     progress: bool = True
+    plots: bool = True  # confusion-matrix PNG at the end (about 1 s on a CPU; the text report is always written)
 
 
 @dataclass

@@ -34,28 +34,17 @@ from torch import nn
 from mm.data.cached import CachedCollator, CachedSplit, FeatureTable, compute_table, load_or_build
 from mm.data.collate import Collator
 from mm.encoders.audio import AudioEncoder
-from mm.encoders.base import Encoder, EncoderOutput
+from mm.encoders.base import FROZEN_POLICIES, Encoder, EncoderOutput
 from mm.encoders.image import ImageEncoder
 from mm.encoders.sources import resolve_source
 from mm.encoders.text import TextEncoder
 from mm.paths import cache_dir
 
 FORMAT_VERSION = 2  # bump when preprocessing or encoding code changes in a way the key cannot see
-CACHED_POLICIES = ("frozen", "linear_probe")
 
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def weights_digest(module: nn.Module) -> str:
-    """sha256 over the sorted ``state_dict`` entries: name, dtype, shape and raw bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
 
 
 def _text_fields(enc: TextEncoder) -> dict[str, Any]:
@@ -105,9 +94,9 @@ def off_reason(cfg: Any, modality: str, encoder: Encoder) -> str | None:
     policy = getattr(encoder, "policy", None)
     if cfg.data.cache_features == "off":
         return "data.cache_features=off"
-    if policy not in CACHED_POLICIES:
+    if policy not in FROZEN_POLICIES:
         return f"trainable={policy}"
-    if not encoder.frozen:
+    if not encoder.frozen_for_run:
         return "backbone has trainable parameters"
     if type(encoder) not in PREPROCESSING:
         return f"no preprocessing fingerprint for {type(encoder).__name__}"
@@ -139,7 +128,7 @@ def encoder_fields(encoder: Encoder) -> dict[str, Any]:
         "encoder": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
         "source": encoder.source,
         "resolved": str(Path(resolve_source(encoder.source)).expanduser().resolve()),
-        "weights": weights_digest(backbone),
+        "weights": encoder.weights_digest(),
         "architecture": _sha256(repr(backbone) + json.dumps(config, sort_keys=True, default=str)),
         "preprocessing": PREPROCESSING[type(encoder)](encoder),
         "torch": torch.__version__,

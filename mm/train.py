@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mm.checkpoint import load_state, load_weights, save_state, save_weights
+from mm.checkpoint import frozen_backbones, load_state, load_weights, save_state, save_weights
 from mm.config import Config, to_dict, to_yaml
 from mm.data import build_splits, training_classes
 from mm.data.collate import Collator
@@ -215,6 +215,8 @@ def train(cfg: Config) -> dict[str, Any]:
     stopper = EarlyStopping(cfg.train.metric_mode, cfg.train.patience, cfg.train.min_delta)
 
     # Resume: weights, optimizer, schedule, counters and the RNG all continue where they stopped.
+    # Backbones frozen for the whole run are not written to checkpoints: they reload from their source.
+    omit = frozen_backbones(model)
     step = 0
     if resume_state:
         load_weights(model, ckpt_dir / "last" / "model.safetensors")
@@ -232,7 +234,7 @@ def train(cfg: Config) -> dict[str, Any]:
     tracker.summary(counts)
 
     def checkpoint() -> None:
-        save_weights(model, ckpt_dir / "last" / "model.safetensors")
+        save_weights(model, ckpt_dir / "last" / "model.safetensors", omit)
         save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                     "early_stopping": vars(stopper), "rng": torch.get_rng_state(),
                     "classes": classes}, ckpt_dir / "last" / "state.pt")
@@ -291,7 +293,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 if metric_key not in val:
                     raise KeyError(f"train.metric: {cfg.train.metric!r} is not a val metric; have {sorted(val)}")
                 if stopper.update(val[metric_key], step):
-                    save_weights(model, ckpt_dir / "best" / "model.safetensors")
+                    save_weights(model, ckpt_dir / "best" / "model.safetensors", omit)
                 postfix[f"val_{cfg.train.metric}"] = f"{val[metric_key]:.3f}"
                 progress.set_postfix(postfix)
                 checkpoint()
@@ -300,15 +302,16 @@ def train(cfg: Config) -> dict[str, Any]:
     progress.close()
 
     # Test the best checkpoint (the one validation chose), never the last one by default.
-    load_weights(model, ckpt_dir / "best" / "model.safetensors")
+    load_weights(model, ckpt_dir / "best" / "model.safetensors", verify=False)  # same model, same frozen weights
     val = evaluate(model, loader("val"), device, cfg.train.precision)
     outputs: dict[str, list] = {}
     test = evaluate(model, loader("test"), device, cfg.train.precision, outputs)
     tracker.log({**{f"test/{k}": v for k, v in test.items()}}, step)
     if cfg.head.name == "classification":  # per-class report and confusion matrix
         pred, true = torch.cat(outputs["logits"]).argmax(-1).numpy(), torch.cat(outputs["labels"]).numpy()
-        report = write_classification_report(pred, true, classes, run_dir / "report", "test")
-        tracker.log_image("test/confusion_matrix", report["png"], step)
+        report = write_classification_report(pred, true, classes, run_dir / "report", "test", plot=cfg.train.plots)
+        if "png" in report:
+            tracker.log_image("test/confusion_matrix", report["png"], step)
     results = {
         "run_dir": str(run_dir), "best_step": stopper.best_step, "steps": step, "stopped_early": stopper.should_stop,
         "val": val, "test": test, "classes": len(classes), "params": counts,

@@ -294,7 +294,10 @@ def test_shipped_grids_load_and_every_cell_validates(path, tmp_path):
         assert grid.grid["data.modalities"] == [["text"], ["image"], ["text", "image"]]
         # Every pooled fusion in the registry (text_tokens is for the token head).
         assert grid.grid["fusion.name"] == [f for f in FUSIONS if f != "text_tokens"]
-        assert {c.cfg.train.epochs for c in cells} == {2}
+        assert {c.cfg.train.epochs for c in cells} == {4}
+    if path.stem == "transfer":  # the transfer policies, on the image backbone, alone and with text
+        assert grid.grid["encoders.image.trainable"] == ["frozen", "lora", "last_n", "full"]
+        assert grid.grid["data.modalities"] == [["image"], ["text", "image"]]
 
 
 @pytest.mark.slow

@@ -177,10 +177,13 @@ def test_gated_weights_are_a_softmax_over_present_modalities():
         weights = fusion.gate_weights(make_outputs(dims), present)
     mask = torch.stack([present[m] for m in ("audio", "image", "text")], 1)
     mask[4] = True  # no modality present: all count
-    assert torch.equal(weights > 0, mask)
-    torch.testing.assert_close(weights.sum(1), torch.ones(B))
-    # Sample 3 has only audio: all its weight is there.
-    assert torch.equal(weights[3], torch.tensor([1.0, 0.0, 0.0]))
+    assert weights.shape == (B, 3, 16)  # one weight per modality and feature
+    assert torch.equal(weights > 0, mask[:, :, None].expand_as(weights))
+    torch.testing.assert_close(weights.sum(1), torch.ones(B, 16))
+    # Sample 3 has only audio: all its weight is there, for every feature.
+    assert torch.equal(weights[3], torch.tensor([1.0, 0.0, 0.0])[:, None].expand(3, 16))
+    # The gates are per feature: features of one sample weight the modalities differently.
+    assert (weights[0, 0] - weights[0, 0, 0]).abs().max() > 0
 
 
 @pytest.mark.parametrize("training", [False, True])

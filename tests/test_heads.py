@@ -28,6 +28,20 @@ X = IGNORE_INDEX
 # ---------------------------------------------------------------- classification
 
 
+@pytest.mark.parametrize("plot", [True, False])
+def test_classification_report_on_known_predictions(tmp_path, plot):
+    from mm.reports import write_classification_report
+
+    true = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    paths = write_classification_report(pred, true, ["a", "b", "c"], tmp_path, "test", plot=plot)
+    report = json.loads(paths["json"].read_text())
+    assert report["confusion_matrix"] == {"classes": ["a", "b", "c"], "counts": [[1, 1, 0], [0, 2, 0], [1, 0, 1]]}
+    assert report["b"]["precision"] == pytest.approx(2 / 3) and report["b"]["recall"] == 1.0
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert ("png" in paths) == plot and (tmp_path / "test_confusion.png").is_file() == plot
+
+
 def test_topk_accuracy_and_confusion_on_known_data():
     head = ClassificationHead(4, 4, top_k=(2, 4, 5))
     assert head.top_k == [2]  # k >= num_classes would always be 1

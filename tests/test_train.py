@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import mm.train as mm_train
@@ -49,17 +50,42 @@ def test_training_learns_beyond_unimodal_ceilings(learned):
     assert state["step"] == results["steps"]
 
 
-def test_frozen_text_backbone_is_bit_identical_after_training(learned):
+def test_frozen_text_backbone_is_left_out_of_checkpoints_and_reloads_bit_identical(learned):
     _, results = learned
+    from mm.checkpoint import weights_digest
     from mm.encoders.text import TextEncoder
+    from mm.evaluation import load_run
 
-    fresh = TextEncoder("minilm", trainable="frozen").backbone.state_dict()
-    trained = load_file(Path(results["run_dir"]) / "checkpoints/best/model.safetensors")
-    prefix = "encoders.text.backbone."
-    keys = [k for k in trained if k.startswith(prefix)]
-    assert len(keys) == len(fresh)
-    for k in keys:
-        assert torch.equal(trained[k], fresh[k[len(prefix):]]), k
+    fresh = TextEncoder("minilm", trainable="frozen").backbone
+    ckpt = Path(results["run_dir"]) / "checkpoints/best/model.safetensors"
+    saved = load_file(ckpt)
+    assert not [k for k in saved if k.startswith("encoders.text.backbone.")]  # frozen: reloads from its source
+    assert [k for k in saved if k.startswith("encoders.image.backbone.")]  # trained: saved
+    with safe_open(str(ckpt), framework="pt") as f:
+        assert json.loads(f.metadata()["mm.omitted"]) == {"encoders.text.backbone": weights_digest(fresh)}
+    _, model, _ = load_run(results["run_dir"])
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(model.encoders["text"].backbone.state_dict()[k], v), k
+    for k, v in saved.items():  # everything that was saved is what loads
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_checkpoint_refuses_changed_frozen_weights_and_wrong_keys(learned, tmp_path):
+    from mm.checkpoint import load_weights, save_weights
+    from mm.evaluation import load_run
+
+    _, results = learned
+    _, model, _ = load_run(results["run_dir"])
+    ckpt = Path(results["run_dir"]) / "checkpoints/best/model.safetensors"
+    with torch.no_grad():  # the source "changed" since training
+        model.encoders["text"].backbone.embeddings.word_embeddings.weight[0, 0] += 1
+    with pytest.raises(ValueError, match=r"model.safetensors: encoders.text.backbone was frozen .* changed"):
+        load_weights(model, ckpt)
+    load_weights(model, ckpt, verify=False)  # the training loop's reload into the same model skips the hash
+    partial = tmp_path / "partial.safetensors"
+    save_weights(model.encoders["image"], partial)  # nothing omitted, but not this model's keys
+    with pytest.raises(ValueError, match=r"partial.safetensors: does not fit the model"):
+        load_weights(model, partial)
 
 
 def test_wandb_offline_history_equals_metrics_jsonl(learned):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 TRAINABLE_POLICIES = ("frozen", "full")
+FROZEN_POLICIES = ("frozen", "linear_probe")  # the policies that never train the backbone
 
 
 @dataclass
@@ -53,6 +54,23 @@ class Encoder(nn.Module):
     @property
     def frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
+
+    @property
+    def frozen_for_run(self) -> bool:
+        """Frozen now and, by its policy, for the whole run (``gradual`` starts frozen but thaws):
+        its backbone then always holds exactly the weights it was loaded with."""
+        return getattr(self, "policy", None) in FROZEN_POLICIES and self.frozen
+
+    def weights_digest(self) -> str:
+        """``mm.checkpoint.weights_digest`` of the backbone, recomputed only when a weight changed:
+        the memo is keyed on every tensor's storage and version counter, which any in-place write
+        (an optimizer step, ``load_state_dict``, an edit under ``no_grad``) bumps."""
+        from mm.checkpoint import weights_digest
+
+        stamp = tuple((k, t.data_ptr(), t._version) for k, t in self.backbone.state_dict().items())
+        if getattr(self, "_digest_stamp", None) != stamp:
+            self._digest, self._digest_stamp = weights_digest(self.backbone), stamp
+        return self._digest
 
     def train(self, mode: bool = True) -> Encoder:
         super().train(mode)

@@ -34,5 +34,6 @@ def presence_matrix(outputs: dict[str, EncoderOutput], present: dict[str, torch.
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax of ``scores [B, M]`` over the entries where ``mask [B, M]`` is True; others get exactly 0."""
+    """Softmax of ``scores [..., M]`` over the entries where ``mask`` (broadcast to it) is True; others get
+    exactly 0."""
     return scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1)

@@ -66,17 +66,24 @@ class LateFusion(nn.Module):
 
 
 class GatedFusion(nn.Module):
-    """Gated fusion: a softmax gate over the present modalities' projected features, then an MLP.
+    """Gated fusion: per-feature softmax gates over the present modalities' projections, then an MLP.
 
-    Each modality's layer-normed pooled feature is projected to ``h_m`` in ``R^hidden_dim`` and scored by
-    its own linear gate, ``s_m = g_m(h_m)``; the gate weights are ``softmax(s)`` over the modalities
-    present in each sample, the fused feature is ``sum_m w_m h_m``, followed by ``num_layers`` x
-    Linear-GELU-Dropout. A modality's score depends only on its own features, so an absent modality
-    has no influence at all. With a single modality there is nothing to gate and no gate.
+    A gated multimodal unit (Arevalo et al., 2017) for any number of modalities. Each modality's
+    layer-normed pooled feature is projected to ``h_m = tanh(W_m x_m)`` in ``R^hidden_dim`` and scores
+    every feature with its own linear gate, ``s_m = G_m(h_m)`` in ``R^hidden_dim``; the weights are a
+    softmax of ``s`` over the modalities present in each sample, separately for every feature, and the
+    fused feature is ``sum_m w_m * h_m`` (elementwise), followed by ``num_layers`` x Linear-GELU-Dropout.
+    A modality's scores depend only on its own features, so an absent modality has no influence at all.
+    With a single modality there is nothing to gate and no gate.
+
+    Why per feature: a single scalar gate per modality makes the fused vector a convex mix of whole
+    modality vectors, and on a task that needs both modalities it was seen to collapse onto one of them
+    (text+image ``color_animal`` at 0.29 accuracy against a ceiling of 1.0); per-feature gates let some
+    features carry one modality and others another.
 
     Args:
         in_dims: modality -> pooled feature size.
-        hidden_dim: size of the projections and of the MLP.
+        hidden_dim: size of the projections, the gates and the MLP.
         num_layers: hidden layers of the MLP after the weighted sum (0: none).
         dropout: dropout after each hidden layer.
         rank, num_heads, late_weights, tensor_dim: unused (accepted so every fusion takes all of
@@ -89,16 +96,18 @@ class GatedFusion(nn.Module):
                  *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
         super().__init__()
         self.modalities = sorted(in_dims)
-        self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(in_dims[m]), nn.Linear(in_dims[m], hidden_dim))
+        self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(in_dims[m]), nn.Linear(in_dims[m], hidden_dim),
+                                                    nn.Tanh())
                                    for m in self.modalities})
         self.gated = len(self.modalities) > 1
         if self.gated:
-            self.gates = nn.ModuleDict({m: nn.Linear(hidden_dim, 1) for m in self.modalities})
+            self.gates = nn.ModuleDict({m: nn.Linear(hidden_dim, hidden_dim) for m in self.modalities})
         self.mlp, self.out_dim = mlp(hidden_dim, hidden_dim, num_layers, dropout)
 
     def gate_weights(self, outputs: dict[str, EncoderOutput],
                      present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Gate weights ``[B, M]`` (sorted modalities): 0 for absent modalities, summing to 1."""
+        """Gate weights ``[B, M, hidden_dim]`` (sorted modalities): 0 for absent modalities, each
+        feature's weights summing to 1 over the modalities."""
         return self._fuse(outputs, present)[1]
 
     def _fuse(self, outputs: dict[str, EncoderOutput],
@@ -106,11 +115,11 @@ class GatedFusion(nn.Module):
         feats = torch.stack([self.proj[m](outputs[m].pooled) for m in self.modalities], dim=1)  # [B, M, H]
         mask = presence_matrix(outputs, present, self.modalities)  # [B, M]
         if self.gated:
-            scores = torch.cat([self.gates[m](feats[:, i]) for i, m in enumerate(self.modalities)], dim=1)  # [B, M]
+            scores = torch.stack([self.gates[m](feats[:, i]) for i, m in enumerate(self.modalities)], dim=1)
         else:
-            scores = feats.new_zeros(mask.shape)
-        weights = masked_softmax(scores, mask)  # [B, M]
-        return torch.einsum("bm,bmh->bh", weights.to(feats.dtype), feats), weights  # [B, H], [B, M]
+            scores = torch.zeros_like(feats)  # [B, M, H]
+        weights = masked_softmax(scores.transpose(1, 2), mask[:, None, :]).transpose(1, 2)  # [B, M, H]
+        return (weights.to(feats.dtype) * feats).sum(1), weights  # [B, H], [B, M, H]
 
     def forward(self, outputs: dict[str, EncoderOutput], present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.mlp(self._fuse(outputs, present)[0])  # [B, H] -> [B, out_dim]
