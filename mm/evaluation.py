@@ -88,7 +88,10 @@ def robustness(model: MultimodalModel, loader: DataLoader, levels: tuple[float, 
 
     def score(conditioned: list[tuple[dict, dict]]) -> dict[str, float]:
         logits = [model(b, outputs=o).float() for b, o in conditioned]
-        return model.head.metrics(logits, [b["label"] for b, _ in conditioned])
+        n = sum(len(b["label"]) for b, _ in conditioned)
+        loss = sum(model.head.loss(lg, b).item() * len(b["label"]) for lg, (b, _) in zip(logits, conditioned, strict=True))
+        # The loss as the training loop's evaluation reports it: a calibration check that accuracy misses.
+        return {"loss": loss / n, **model.head.metrics(logits, [b["label"] for b, _ in conditioned])}
 
     rows = []
     for k in range(len(mods)):
@@ -108,7 +111,11 @@ def robustness(model: MultimodalModel, loader: DataLoader, levels: tuple[float, 
 
 
 def write_robustness(rows: list[dict[str, Any]], out_dir: Path, metric: str = "accuracy") -> dict[str, Path]:
-    """Write the matrix as CSV, Markdown and a heatmap PNG; return their paths."""
+    """Write the matrix as CSV, Markdown and a heatmap PNG; return their paths.
+
+    Raises:
+        KeyError: ``metric`` is not a column of the rows (the message lists those there are).
+    """
     import csv
 
     import matplotlib
@@ -116,9 +123,11 @@ def write_robustness(rows: list[dict[str, Any]], out_dir: Path, metric: str = "a
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    keys = list(rows[0])
+    if metric not in keys:
+        raise KeyError(f"metric {metric!r} is not in the robustness rows; have {[k for k in keys if k not in ('kind', 'modality', 'level')]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "robustness.csv", "md": out_dir / "robustness.md", "png": out_dir / "robustness.png"}
-    keys = list(rows[0])
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
@@ -139,14 +148,17 @@ def write_robustness(rows: list[dict[str, Any]], out_dir: Path, metric: str = "a
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [1, len(levels)]})
     panels = [([[r[metric]] for r in removed], [r["modality"] for r in removed], [metric], "removed at test time"),
               (grid, mods, [f"{lv:g}" for lv in levels], "noise strength")]
+    every = [r[metric] for r in rows]
+    lo, hi = (0.0, 1.0) if 0 <= min(every) and max(every) <= 1 else (min(every), max(every))  # loss, MAE: their range
     for ax, (values, ylabels, xlabels, title) in zip(axes, panels, strict=True):
-        im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        im = ax.imshow(values, vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(ylabels)), ylabels)
         ax.set_xticks(range(len(xlabels)), xlabels)
         ax.set_title(title)
         for i, row in enumerate(values):
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black")
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center",
+                        color="white" if (v - lo) < 0.6 * (hi - lo) else "black")
     fig.colorbar(im, ax=axes, shrink=0.8, label=metric)
     fig.savefig(paths["png"], dpi=120, bbox_inches="tight")
     plt.close(fig)

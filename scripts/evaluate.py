@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
                         collate_fn=Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name))
     rows = robustness(model, loader, tuple(args.levels or NOISE_LEVELS), seed=cfg.seed)
     metric = args.metric or cfg.train.metric
-    paths = write_robustness(rows, args.run_dir / f"eval-{args.split}", metric)
+    try:
+        paths = write_robustness(rows, args.run_dir / f"eval-{args.split}", metric)
+    except KeyError as err:
+        print(f"error: --metric: {err.args[0]}", file=sys.stderr)
+        return 2
     print(paths["md"].read_text())
 
     if not args.no_wandb and cfg.wandb.mode != "disabled":

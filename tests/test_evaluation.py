@@ -67,9 +67,17 @@ def test_evaluate_script_writes_matrix(run):
                      ("noise", "image", "0.0"), ("noise", "image", "0.5"), ("noise", "text", "0.0"), ("noise", "text", "0.5")]
     # The clean condition is the run's own test result; zero noise equals clean.
     assert summary["metrics"]["accuracy"] == pytest.approx(run["test"]["accuracy"])
+    assert summary["metrics"]["loss"] == pytest.approx(run["test"]["loss"], rel=1e-5)  # the loop's own loss
     assert float(rows[3]["accuracy"]) == float(rows[0]["accuracy"]) == float(rows[5]["accuracy"])
     assert (run_dir / "eval-test/robustness.png").stat().st_size > 0
     assert "| s=0 | s=0.5 |" in (run_dir / "eval-test/robustness.md").read_text()
+
+    args = [sys.executable, "scripts/evaluate.py", str(run_dir), "--levels", "0", "--no-wandb", "--metric"]
+    proc = subprocess.run([*args, "loss"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "### loss with modalities removed" in proc.stdout, proc.stderr[-2000:]
+    proc = subprocess.run([*args, "acc"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "metric 'acc' is not in the robustness rows" in proc.stderr
+    assert "'accuracy'" in proc.stderr
 
 
 def test_predict_batch_matches_the_test_split_and_needs_no_labels(run, tmp_path):

@@ -7,7 +7,7 @@ those it does not use, so ``build_fusion`` can pass the whole config and a typo 
 
 - ``concat``: layer-normed pooled features concatenated, then an MLP (early fusion).
 - ``late``: per-modality MLPs averaged over present modalities; cannot model interactions.
-- ``gated``: softmax gate over present modalities' projections, then an MLP.
+- ``gated``: per-feature softmax gates over present modalities' projections (GMU), then an MLP.
 - ``attention``: transformer over all modalities' tokens; output = a fusion token's state.
 - ``tensor``: Tensor Fusion Network, outer product of ``[h_m; 1]``, then an MLP.
 - ``lowrank``: Low-rank Multimodal Fusion, ``rank`` factorised terms of the tensor product.
