@@ -109,6 +109,7 @@ def build(modality: str, trainable: str, **kwargs) -> torch.nn.Module:
         ("tiny-bert", ["config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
                        "tokenizer_config.json", "vocab.txt"]),
         ("tiny-vit", ["config.json", "model.safetensors"]),
+        ("tiny-cnn", ["config.json", "model.safetensors"]),
         ("tiny-wav2vec2", ["config.json", "model.safetensors", "preprocessor_config.json"]),
     ],
 )  # fmt: skip
@@ -137,7 +138,7 @@ def test_tiny_vit_config_is_timm_hub_config(tiny_vit: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("alias", ["tiny-bert", "tiny-vit", "tiny-wav2vec2"])
+@pytest.mark.parametrize("alias", ["tiny-bert", "tiny-vit", "tiny-cnn", "tiny-wav2vec2"])
 def test_tiny_backbones_are_deterministic_and_leave_the_rng_alone(
     alias: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

