@@ -497,7 +497,7 @@ def summary_plot(grid: Grid, table: list[dict[str, Any]], metric: str, path: Pat
     ax.set_xlabel(" / ".join(grid.grid))
     ax.set_ylabel(metric)
     ax.set_title(f"{grid.name} (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=0.3)  # beside, not on, the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
