@@ -86,21 +86,40 @@ class Cell:
     cfg: Config = field(repr=False)
 
 
+def read_spec(path: str | Path, what: str, keys: set[str]) -> tuple[Path, dict[str, Any]]:
+    """A grid or curve file (``what``) as a mapping with only ``keys`` at the top; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {what} file is a mapping of {sorted(keys)}")
+    for key in raw:
+        if key not in keys:
+            raise ConfigError(f"{path}: unknown top-level key '{key}'; valid: {sorted(keys)}")
+    return path, raw
+
+
+def check_seeds(seeds: Any, path: Path) -> list[int]:
+    """``seeds`` if it is a non-empty list of integers, else a ``ConfigError`` naming ``path``."""
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers")
+    return seeds
+
+
+def runner_overrides(name: str, seed: int, out_dir: Path, group: str, job_type: str) -> list[str]:
+    """What the runners set for every run: exactly the keys of ``RESERVED_KEYS``."""
+    return [f"seed={seed}", f"name={name}", f"train.out_dir={out_dir / 'runs'}", "train.progress=false",
+            f"wandb.group={group}", f"wandb.job_type={job_type}"]
+
+
 def load_grid(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = ()) -> Grid:
     """Reads and checks a grid file; errors name the file and the offending key.
 
     Raises:
         ConfigError: unknown top-level key, a missing base file, a malformed grid or seed list.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a grid file is a mapping of {sorted(GRID_KEYS)}")
-    for key in raw:
-        if key not in GRID_KEYS:
-            raise ConfigError(f"{path}: unknown top-level key '{key}'; valid: {sorted(GRID_KEYS)}")
+    path, raw = read_spec(path, "grid", GRID_KEYS)
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: 'grid' must map dotted keys to lists of values")
@@ -115,9 +134,7 @@ def load_grid(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = (
             raise ConfigError(f"{path}: grid key '{key}' needs a non-empty list of values")
         if key in set_keys:
             raise ConfigError(f"{path}: grid key '{key}' is also an override")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers")
+    seeds = check_seeds(raw.get("seeds", [0]), path)
     return Grid(path=path, name=str(raw.get("name") or path.stem), base=_resolve_base(raw.get("base"), path),
                 overrides=overrides, grid=grid, seeds=seeds, metric=raw.get("metric"),
                 ceilings=bool(raw.get("ceilings", False)))
@@ -170,8 +187,7 @@ def expand(grid: Grid, out_dir: Path) -> list[Cell]:
         for seed in grid.seeds:
             name = cell_name(values, seed)
             overrides = [*grid.overrides, *(f"{k}={override_value(v)}" for k, v in values.items()),
-                         f"seed={seed}", f"name={name}", f"train.out_dir={out_dir / 'runs'}",
-                         "train.progress=false", f"wandb.group={grid.name}", "wandb.job_type=ablation"]
+                         *runner_overrides(name, seed, out_dir, grid.name, "ablation")]
             try:
                 cfg = load_config(grid.base, overrides)
                 _check_cell(cfg, grid)

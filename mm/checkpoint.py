@@ -37,8 +37,7 @@ def weights_digest(module: nn.Module) -> str:
 
 def frozen_backbones(model: nn.Module) -> dict[str, str]:
     """``{"encoders.<m>.backbone": digest}`` for every encoder of ``model`` frozen for the whole run."""
-    encoders = getattr(model, "encoders", {})
-    return {f"encoders.{m}.backbone": enc.weights_digest() for m, enc in encoders.items() if enc.frozen_for_run}
+    return {f"encoders.{m}.backbone": enc.weights_digest() for m, enc in model.encoders.items() if enc.frozen_for_run}
 
 
 def _under(key: str, prefixes: Any) -> bool:

@@ -43,7 +43,17 @@ from typing import Any
 
 import yaml
 
-from mm.ablate import RESERVED_KEYS, Cell, State, _resolve_base, cell_name, write_atomic
+from mm.ablate import (
+    RESERVED_KEYS,
+    Cell,
+    State,
+    _resolve_base,
+    cell_name,
+    check_seeds,
+    read_spec,
+    runner_overrides,
+    write_atomic,
+)
 from mm.config import Config, ConfigError, load_config
 
 CURVE_KEYS = {"base", "overrides", "kind", "points", "fractions", "policies", "seeds", "metric", "name"}
@@ -83,14 +93,7 @@ def load_curve(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
     Raises:
         ConfigError: unknown key or kind, a malformed point list, fraction or seed list.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"curve file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a curve file is a mapping of {sorted(CURVE_KEYS)}")
-    if unknown := sorted(set(raw) - CURVE_KEYS):
-        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; valid: {sorted(CURVE_KEYS)}")
+    path, raw = read_spec(path, "curve", CURVE_KEYS)
     kind = raw.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{path}: 'kind' must be one of {sorted(KINDS)}, not {kind!r}")
@@ -102,9 +105,7 @@ def load_curve(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
     if kind == "data" and (not isinstance(fractions, list) or not fractions
                            or not all(isinstance(f, int | float) and 0 < f <= 1 for f in fractions)):
         raise ConfigError(f"{path}: 'fractions' must be a non-empty list of numbers in (0, 1]")
-    seeds = seeds if seeds is not None else raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers")
+    seeds = check_seeds(seeds if seeds is not None else raw.get("seeds", [0]), path)
     overrides = [str(o) for o in raw.get("overrides") or []] + list(extra_overrides)
     reserved = RESERVED_KEYS | ({"data.train_fraction"} if kind == "data" else set())
     for item in [*overrides, *(o for p in points for o in p.overrides)]:
@@ -145,8 +146,7 @@ def expand(curve: Curve, out_dir: Path) -> list[Cell]:
                 name = cell_name(values, seed)
                 overrides = [*curve.overrides, *point.overrides,
                              *([f"data.train_fraction={fraction}"] if fraction is not None else []),
-                             f"seed={seed}", f"name={name}", f"train.out_dir={out_dir / 'runs'}",
-                             "train.progress=false", f"wandb.group={curve.name}", "wandb.job_type=learning-curve"]
+                             *runner_overrides(name, seed, out_dir, curve.name, "learning-curve")]
                 try:
                     cfg = load_config(curve.base, overrides)
                 except ConfigError as err:

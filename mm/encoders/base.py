@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mm.checkpoint import weights_digest
+
 TRAINABLE_POLICIES = ("frozen", "full")
 FROZEN_POLICIES = ("frozen", "linear_probe")  # the policies that never train the backbone
 
@@ -65,8 +67,6 @@ class Encoder(nn.Module):
         """``mm.checkpoint.weights_digest`` of the backbone, recomputed only when a weight changed:
         the memo is keyed on every tensor's storage and version counter, which any in-place write
         (an optimizer step, ``load_state_dict``, an edit under ``no_grad``) bumps."""
-        from mm.checkpoint import weights_digest
-
         stamp = tuple((k, t.data_ptr(), t._version) for k, t in self.backbone.state_dict().items())
         if getattr(self, "_digest_stamp", None) != stamp:
             self._digest, self._digest_stamp = weights_digest(self.backbone), stamp
