@@ -7,6 +7,7 @@ the nested dict that is written to ``config.yaml`` and sent to W&B.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,23 +65,35 @@ class PolicyConfig:
 
 @dataclass
 class TextEncoderConfig(PolicyConfig):
+    encoder: str = "transformers"  # the encoder kind (mm.encoders.ENCODERS["text"])
     source: str = "minilm"  # alias, hub id or local folder
-    max_length: int = 64
+    max_length: int = 64  # word pieces per window; classification texts are truncated here
     pooling: str = "mean"  # mean | cls
+    stride: int = 16  # token tagging: pieces shared by the overlapping windows over a longer sentence
 
 
 @dataclass
 class ImageEncoderConfig(PolicyConfig):
+    encoder: str = "timm"  # the encoder kind (mm.encoders.ENCODERS["image"])
     source: str = "tiny-vit"  # alias, timm hub name, local folder, or arch@file
     trainable: str = "full"
+    input_size: int = 0  # side in pixels the pictures are resized to; 0 = the checkpoint's own
+    augment: str = "none"  # training-time augmentation: none | light | rand (RandAugment)
+    hflip: float = 0.5  # horizontal-flip probability when augmenting
 
 
 @dataclass
 class AudioEncoderConfig(PolicyConfig):
-    source: str = "tiny-wav2vec2"
+    encoder: str = "wav2vec2"  # spectrogram (log-mel into a timm CNN) | wav2vec2
+    source: str = "tiny-wav2vec2"  # spectrogram: any image source (effnet-lite0, tiny-cnn); wav2vec2: HF
     trainable: str = "full"
-    freeze_feature_encoder: bool = True
     max_seconds: float = 10.0
+    freeze_feature_encoder: bool = True  # wav2vec2, full: the conv feature encoder stays frozen
+    n_mels: int = 64  # spectrogram: mel bins
+    spec_augment: bool = False  # spectrogram, training: SpecAugment frequency and time masks
+    gain_db: float = 0.0  # training: random gain within +-gain_db
+    shift_s: float = 0.0  # training: random circular time shift within +-shift_s seconds
+    snr_db: list[float] = field(default_factory=list)  # training: [low, high] SNR of added white noise
 
 
 @dataclass
@@ -145,7 +158,7 @@ class TrainConfig:
     out_dir: str = "runs"
     resume: bool = False
     progress: bool = True
-    plots: bool = True  # confusion-matrix PNG at the end (about 1 s on a CPU; the text report is always written)
+    plots: bool = True  # confusion-matrix PNG at the end (the text report is always written)
 
 
 @dataclass
@@ -209,24 +222,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
+def _choice(key: str, value: Any, valid: Iterable[str]) -> None:
+    valid = list(valid)
     if value not in valid:
-        raise ConfigError(f"invalid value for '{key}': {value!r}; valid: {list(valid)}")
+        raise ConfigError(f"invalid value for '{key}': {value!r}; valid: {valid}")
 
 
 def validate(cfg: Config) -> None:
-    """Checks the schema cannot express: choices, ranges, modality names."""
+    """Checks the schema cannot express: choices, ranges, modality names.
+
+    Choices that have a registry are read from it (fusions, heads, trainable policies, synthetic
+    tasks, ...), so a new entry there is valid here with no change. The registries are imported
+    here rather than at the top, so that this module stays importable without torch.
+    """
+    from mm.data.synthetic_tasks import TASKS
+    from mm.encoders.policies import POLICIES
+    from mm.encoders.text import POOLINGS
+    from mm.fusion import FUSIONS
+    from mm.fusion.weighted import LATE_WEIGHTS
+    from mm.heads import HEADS, RegressionHead
+    from mm.tracking import MODES
+
     if not cfg.data.modalities:
         raise ConfigError("'data.modalities' is empty; choose from " + ", ".join(MODALITIES))
     for m in cfg.data.modalities:
         _choice("data.modalities", m, MODALITIES)
     for m in MODALITIES:
         enc = getattr(cfg.encoders, m)
-        _choice(f"encoders.{m}.trainable", enc.trainable,
-                ("frozen", "linear_probe", "last_n", "gradual", "lora", "full"))
+        _choice(f"encoders.{m}.trainable", enc.trainable, POLICIES)
         _choice(f"encoders.{m}.gradual_unit", enc.gradual_unit, ("epoch", "step"))
-    _choice("encoders.text.pooling", cfg.encoders.text.pooling, ("mean", "cls"))
-    _choice("fusion.late_weights", cfg.fusion.late_weights, ("mean", "learned"))
+    _choice("encoders.text.pooling", cfg.encoders.text.pooling, POOLINGS)
+    if cfg.data.dataset == "synthetic":
+        _choice("data.task", cfg.data.task, sorted(TASKS))
+    _choice("fusion.name", cfg.fusion.name, sorted(FUSIONS))
+    _choice("fusion.late_weights", cfg.fusion.late_weights, LATE_WEIGHTS)
     _choice("optim.name", cfg.optim.name, ("adamw", "adam", "sgd", "rmsprop"))
     _choice("optim.schedule", cfg.optim.schedule, ("cosine", "linear", "constant"))
     if cfg.data.cache_features == "False":  # YAML reads a bare `off` as false
@@ -235,10 +264,10 @@ def validate(cfg: Config) -> None:
     if not 0 < cfg.data.train_fraction <= 1:
         raise ConfigError("'data.train_fraction' must be in (0, 1]")
     _choice("train.metric_mode", cfg.train.metric_mode, ("max", "min"))
-    _choice("head.name", cfg.head.name, ("classification", "multilabel", "regression", "token"))
-    _choice("head.loss", cfg.head.loss, ("mse", "l1"))
+    _choice("head.name", cfg.head.name, sorted(HEADS))
+    _choice("head.loss", cfg.head.loss, RegressionHead.LOSSES)
     _choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp32"))
-    _choice("wandb.mode", cfg.wandb.mode, ("auto", "online", "offline", "disabled"))
+    _choice("wandb.mode", cfg.wandb.mode, MODES)
     if cfg.optim.grad_accum_steps < 1:
         raise ConfigError("'optim.grad_accum_steps' must be >= 1")
     if cfg.train.batch_size < 1:

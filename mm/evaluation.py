@@ -4,10 +4,10 @@ The robustness matrix has two parts, each a metric on one split:
 
 - *removed*: the metric with each subset of the model's modalities removed at test time (their
   ``present`` mask set to False, so the model sees its learned missing embedding);
-- *noise*: the metric with noise of growing strength ``s`` added to one modality at a time:
-  images and audio get Gaussian noise of standard deviation ``2 s`` on their normalised inputs
-  (so ``s = 0.5`` is an SNR of 0 dB for audio), text gets each real token replaced by a random
-  vocabulary token with probability ``s``.
+- *noise*: the metric with noise of growing strength ``s`` added to one modality at a time, as
+  its encoder defines it (``Encoder.corrupt``): images and audio get Gaussian noise of standard
+  deviation ``2 s`` on their normalised inputs (so ``s = 0.5`` is an SNR of 0 dB for a wave),
+  text gets each real token replaced by a random vocabulary token with probability ``s``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader
 
 from mm.checkpoint import load_weights
 from mm.config import Config, load_config
+from mm.features import encode_with_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
+from mm.runtime import autocast, to_device
 
 NOISE_LEVELS = (0.0, 0.1, 0.25, 0.5, 1.0)
 
@@ -44,6 +46,26 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Mul
     load_weights(model, run_dir / "checkpoints" / checkpoint / "model.safetensors")
     return cfg, model.eval(), classes
 
+@torch.no_grad()
+def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, precision: str,
+             outputs: dict[str, list] | None = None) -> dict[str, float]:
+    """Loss and the head's metrics over a whole split (per-batch logits and labels are kept in
+    ``outputs`` when given)."""
+    model.eval()
+    logits, labels, loss_sum, n = [], [], 0.0, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            out = model(batch, outputs=encode_with_cache(model, batch))
+        loss_sum += model.head.loss(out, batch).item() * len(batch["label"])
+        n += len(batch["label"])
+        logits.append(out.float().cpu())
+        labels.append(batch["label"].cpu())
+    metrics = model.head.metrics(logits, labels)
+    if outputs is not None:
+        outputs.update(logits=logits, labels=labels)
+    return {"loss": loss_sum / n, **metrics}
+
 
 def remove_modalities(batch: dict[str, Any], removed: tuple[str, ...]) -> dict[str, Any]:
     """A shallow copy of ``batch`` whose ``removed`` modalities are marked absent for every sample."""
@@ -51,25 +73,6 @@ def remove_modalities(batch: dict[str, Any], removed: tuple[str, ...]) -> dict[s
     for m in removed:
         present[m] = torch.zeros_like(present[m])
     return {**batch, "present": present}
-
-
-def add_noise(batch: dict[str, Any], modality: str, strength: float, generator: torch.Generator,
-              tokenizer: Any = None) -> dict[str, Any]:
-    """A copy of ``batch`` with noise of ``strength`` on one modality (see the module docstring)."""
-    if strength == 0:
-        return batch
-    inputs = dict(batch[modality])
-    if modality == "text":
-        ids = inputs["input_ids"]
-        special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
-        flip = (torch.rand(ids.shape, generator=generator) < strength) & inputs["attention_mask"].bool() & ~special
-        random_ids = torch.randint(0, tokenizer.vocab_size, ids.shape, generator=generator)
-        inputs["input_ids"] = torch.where(flip, random_ids, ids)
-    else:
-        key = "pixel_values" if modality == "image" else "input_values"
-        x = inputs[key]
-        inputs[key] = x + 2 * strength * torch.randn(x.shape, generator=generator)
-    return {**batch, modality: inputs}
 
 
 @torch.no_grad()
@@ -98,14 +101,14 @@ def robustness(model: MultimodalModel, loader: DataLoader, levels: tuple[float, 
         for removed in itertools.combinations(mods, k):
             m = score([(remove_modalities(b, removed), o) for b, o in zip(batches, clean, strict=True)])
             rows.append({"kind": "removed", "modality": "+".join(removed) or "none", "level": None, **m})
-    tokenizer = model.encoders["text"].tokenizer if "text" in mods else None
     for modality in mods:
+        encoder = model.encoders[modality]
         for level in levels:
             g = torch.Generator().manual_seed(seed)
             conditioned = []
             for b, o in zip(batches, clean, strict=True):
-                noisy = add_noise(b, modality, level, g, tokenizer)
-                conditioned.append((noisy, {**o, modality: model.encoders[modality](noisy[modality])}))
+                noisy = {**b, modality: encoder.corrupt(b[modality], level, g)} if level else b
+                conditioned.append((noisy, {**o, modality: encoder(noisy[modality])}))
             rows.append({"kind": "noise", "modality": modality, "level": level, **score(conditioned)})
     return rows
 

@@ -3,11 +3,13 @@
 Each encoder is written in the layout the same encoder loads from, so a later run uses it with
 ``encoders.<modality>.source=<folder>`` and no other change:
 
-- text and audio: the backbone's ``save_pretrained`` folder (``config.json``,
+- text and wav2vec2 audio: the backbone's ``save_pretrained`` folder (``config.json``,
   ``model.safetensors``) with the tokenizer / feature extractor of the run's source beside it;
-- image: timm's hub layout (``config.json`` with ``architecture``, ``model_args`` and
-  ``pretrained_cfg``, and ``model.safetensors``), as ``timm.models.save_for_hf`` writes it, for a
-  backbone without classifier (``num_classes`` 0).
+- image and spectrogram audio (timm backbones): timm's hub layout (``config.json`` with
+  ``architecture``, ``model_args`` and ``pretrained_cfg``, and ``model.safetensors``), as
+  ``timm.models.save_for_hf`` writes it, for a backbone without classifier (``num_classes`` 0).
+
+Each encoder writes its own layout (``Encoder.export``).
 
 A LoRA-adapted backbone is exported with its adapters merged into the base weights: the folder
 holds a plain backbone with no ``lora_`` keys that computes what the adapted one computed.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mm.encoders import AudioEncoder, Encoder, ImageEncoder, TextEncoder
+from mm.encoders import Encoder
 
 
 def merge_lora(backbone: nn.Module) -> nn.Module:
@@ -45,29 +47,15 @@ def export_encoder(encoder: Encoder, out_dir: str | Path) -> Path:
     """Write ``encoder``'s backbone (LoRA merged) and its preprocessing into ``out_dir``.
 
     Args:
-        encoder: a ``TextEncoder``, ``ImageEncoder`` or ``AudioEncoder``.
+        encoder: any encoder (``Encoder.export`` writes its own layout).
         out_dir: the folder to write; created, and must not exist already.
 
     Returns:
         ``out_dir``, loadable as the encoder's ``source``.
     """
-    from timm.models import save_for_hf
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=False)
-    backbone = merge_lora(encoder.backbone)
-    if isinstance(encoder, TextEncoder):
-        backbone.save_pretrained(out_dir, safe_serialization=True)
-        encoder.tokenizer.save_pretrained(out_dir)
-    elif isinstance(encoder, AudioEncoder):
-        backbone.save_pretrained(out_dir, safe_serialization=True)
-        encoder.extractor.save_pretrained(out_dir)
-    elif isinstance(encoder, ImageEncoder):
-        # Records the architecture, the arguments it was built with and the data config that
-        # ImageEncoder's transform comes from.
-        save_for_hf(backbone, str(out_dir), safe_serialization=True)
-    else:
-        raise TypeError(f"cannot export a {type(encoder).__name__}; valid: TextEncoder, ImageEncoder, AudioEncoder")
+    encoder.export(out_dir, merge_lora(encoder.backbone))
     return out_dir
 
 

@@ -26,19 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-import transformers
 from torch import nn
 
 from mm.data.cached import CachedCollator, CachedSplit, FeatureTable, compute_table, load_or_build
-from mm.data.collate import Collator
-from mm.encoders.audio import AudioEncoder
+from mm.data.collate import TEXT, Collator
 from mm.encoders.base import FROZEN_POLICIES, Encoder, EncoderOutput
-from mm.encoders.image import ImageEncoder
 from mm.encoders.sources import resolve_source
-from mm.encoders.text import TextEncoder
 from mm.paths import cache_dir
+from mm.runtime import autocast as run_autocast
 
 FORMAT_VERSION = 2  # bump when preprocessing or encoding code changes in a way the key cannot see
 
@@ -47,40 +43,11 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _text_fields(enc: TextEncoder) -> dict[str, Any]:
-    tok = enc.tokenizer
-    if tok.is_fast:
-        # The serialized pipeline opens with the truncation and padding state the last call left
-        # behind; from "added_tokens" on it is the tokenizer itself (vocabulary, normalizer, ...).
-        pipeline = tok.backend_tokenizer.to_str()
-        vocab = pipeline[pipeline.find('"added_tokens"'):]
-    else:
-        vocab = json.dumps(sorted(tok.get_vocab().items()))
-    return {"tokenizer": repr(tok), "vocab": _sha256(vocab), "max_length": enc.max_length,
-            "pooling": enc.pooling, "library": transformers.__version__}
-
-
-def _image_fields(enc: ImageEncoder) -> dict[str, Any]:
-    return {"data_config": enc.data_config, "transform": repr(enc.transform),
-            "global_pool": str(getattr(enc.backbone, "global_pool", None)), "library": timm.__version__}
-
-
-def _audio_fields(enc: AudioEncoder) -> dict[str, Any]:
-    return {"extractor": enc.extractor.to_dict(), "sample_rate": enc.sample_rate, "max_samples": enc.max_samples,
-            "library": transformers.__version__}
-
-
-# Which preprocessing settings decide each encoder's outputs; an encoder class not listed is never cached.
-PREPROCESSING: dict[type, Callable[[Any], dict[str, Any]]] = {
-    TextEncoder: _text_fields, ImageEncoder: _image_fields, AudioEncoder: _audio_fields,
-}
-
-
 def deterministic_preprocessing(encoder: Encoder) -> bool:
     """Whether a sample's encoder input is the same every time it is loaded.
 
     The hook for augmentation: an encoder with random training-time preprocessing sets
-    ``augment = True``; a transform with a ``Random*`` step (torchvision / timm) also counts.
+    ``augment = True``; an evaluation transform with a ``Random*`` step (torchvision / timm) also counts.
     """
     if getattr(encoder, "augment", False):
         return False
@@ -98,20 +65,18 @@ def off_reason(cfg: Any, modality: str, encoder: Encoder) -> str | None:
         return f"trainable={policy}"
     if not encoder.frozen_for_run:
         return "backbone has trainable parameters"
-    if type(encoder) not in PREPROCESSING:
-        return f"no preprocessing fingerprint for {type(encoder).__name__}"
     if not deterministic_preprocessing(encoder):
         return "random preprocessing (augmentation)"
-    if modality == "text" and cfg.head.name == "token":
+    if modality == TEXT and cfg.head.name == "token":
         return "the token head aligns its labels with the tokenization"
     return None
 
 
-def data_fingerprint(dataset: Any, modality: str) -> str:
+def data_fingerprint(dataset: Any, modality: str, media: bool) -> str:
     """sha256 of a split's rows (as parsed from its JSONL) and, for media, each file's size and mtime."""
     h = hashlib.sha256(str(Path(dataset.root).resolve()).encode())
     h.update(json.dumps(dataset.rows, sort_keys=True, default=str).encode())
-    if modality in ("image", "audio"):
+    if media:
         for row in dataset.rows:
             if row.get(modality) is not None:
                 st = (Path(dataset.root) / row[modality]).stat()
@@ -130,7 +95,8 @@ def encoder_fields(encoder: Encoder) -> dict[str, Any]:
         "resolved": str(Path(resolve_source(encoder.source)).expanduser().resolve()),
         "weights": encoder.weights_digest(),
         "architecture": _sha256(repr(backbone) + json.dumps(config, sort_keys=True, default=str)),
-        "preprocessing": PREPROCESSING[type(encoder)](encoder),
+        "preprocessing": encoder.fingerprint(),
+        "media": encoder.media,
         "torch": torch.__version__,
     }
 
@@ -140,14 +106,14 @@ def feature_key(encoder: dict[str, Any], modality: str, dataset: Any, split: str
     """The cache key of an encoder's outputs on one split, and the fields it hashes.
 
     Args:
-        encoder: ``encoder_fields`` of a frozen encoder of a class in ``PREPROCESSING``.
-        modality: ``text``, ``image`` or ``audio``.
+        encoder: ``encoder_fields`` of a frozen encoder.
+        modality: the encoder's modality.
         dataset: the split (``root``, ``rows``).
         split: the split's name.
         dtype: how the outputs are computed: ``<device type>/<dtype>``, e.g. ``cpu/torch.float32``
             or ``cuda/torch.bfloat16`` (under autocast).
     """
-    fields = {"format": FORMAT_VERSION, "modality": modality, **encoder, "data": data_fingerprint(dataset, modality),
+    fields = {"format": FORMAT_VERSION, "modality": modality, **encoder, "data": data_fingerprint(dataset, modality, encoder["media"]),
               "split": split, "dtype": dtype}
     return _sha256(json.dumps(fields, sort_keys=True, default=str))[:24], fields
 
@@ -186,9 +152,6 @@ def use_feature_cache(cfg: Any, model: nn.Module, splits: dict[str, Any], collat
         report per modality: ``{"used": False, "reason": ...}`` or ``{"used": True, "splits":
         {split: {"key": ..., "status": "hit" | "built"}}}``.
     """
-    # The loop's own precision rule (bf16 on CUDA); imported here since mm.train imports this module.
-    from mm.train import autocast as run_autocast
-
     autocast = functools.partial(run_autocast, device, cfg.train.precision)
     with autocast():
         on = torch.is_autocast_enabled(device.type)

@@ -97,7 +97,8 @@ def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> M
     encoders = {}
     for m in sorted(cfg.data.modalities):
         enc_cfg = vars(getattr(cfg.encoders, m))
-        encoder = build_encoder(m, trainable="frozen", **{k: v for k, v in enc_cfg.items() if k not in POLICY_KEYS})
+        settings = {k: v for k, v in enc_cfg.items() if k not in POLICY_KEYS and k != "encoder"}
+        encoder = build_encoder(m, enc_cfg["encoder"], trainable="frozen", **settings)
         apply_policy(encoder, enc_cfg["trainable"], last_n=enc_cfg["last_n"], lora_r=enc_cfg["lora_r"],
                      lora_alpha=enc_cfg["lora_alpha"], lora_dropout=enc_cfg["lora_dropout"],
                      lora_targets=enc_cfg["lora_targets"])

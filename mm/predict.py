@@ -50,9 +50,7 @@ def predict_rows(run_dir: str | Path, rows: list[dict], root: str | Path, batch_
     cfg, model, classes = load_run(run_dir)
     codec = build_codec(cfg.head.name, classes)
     encoders = dict(model.encoders)
-    ds = ManifestDataset(root, "predict", cfg.data.modalities, "__no_label__",
-                         classes, getattr(encoders.get("image"), "transform", None),
-                         getattr(encoders.get("audio"), "sample_rate", None), codec=codec, rows=rows,
+    ds = ManifestDataset(root, "predict", encoders, "__no_label__", classes, codec=codec, rows=rows,
                          require_labels=False)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=Collator(cfg.data.modalities, encoders, head=cfg.head.name))
     for batch in loader:

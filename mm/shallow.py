@@ -23,9 +23,10 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Subset
 
 from mm.config import Config
-from mm.data import build_splits, training_classes
-from mm.data.collate import Collator
+from mm.data import training_classes
 from mm.model import MultimodalModel, build_model
+from mm.prepare import prepare
+from mm.runtime import train_subset
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
@@ -62,8 +63,8 @@ class ShallowResult:
 def frozen_config(cfg: Config) -> Config:
     """A copy of ``cfg`` with every encoder's ``trainable`` set to ``frozen``."""
     cfg = copy.deepcopy(cfg)
-    for m in ("text", "image", "audio"):
-        getattr(cfg.encoders, m).trainable = "frozen"
+    for section in vars(cfg.encoders).values():
+        section.trainable = "frozen"
     return cfg
 
 
@@ -97,17 +98,12 @@ def extract_features(model: MultimodalModel, loader: DataLoader, device: torch.d
 def extract_splits(cfg: Config, device: torch.device | str = "cpu") -> tuple[dict[str, Features], list]:
     """Frozen features of the config's train (its ``train_fraction`` subset, as ``train`` uses),
     val and test splits, each computed once; returns them and the class list."""
-    from mm.train import train_subset
-
     model, classes = build_frozen_model(cfg)
-    splits, classes = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
-    splits["train"] = Subset(splits["train"], train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed))
-    collate = Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name)
-    features = {
-        s: extract_features(model, DataLoader(ds, batch_size=cfg.train.eval_batch_size, collate_fn=collate), device)
-        for s, ds in splits.items()
-    }
-    return features, classes
+    job = prepare(cfg, classes, model, torch.device(device), cache=False, augment=False)
+    used = Subset(job.splits["train"], train_subset(len(job.splits["train"]), cfg.data.train_fraction, cfg.seed))
+    datasets = {"train": used, "val": job.splits["val"], "test": job.splits["test"]}
+    features = {s: extract_features(model, job.loader(s, dataset=ds), device) for s, ds in datasets.items()}
+    return features, job.classes
 
 
 def scores(true: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -7,10 +7,8 @@ checkpoint. No callbacks: everything a run does is written here.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -18,40 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from mm.checkpoint import frozen_backbones, load_state, load_weights, save_state, save_weights
 from mm.config import Config, to_dict, to_yaml
-from mm.data import build_splits, training_classes
-from mm.data.collate import Collator
 from mm.encoders.policies import gradual_blocks, thaw
-from mm.features import encode_with_cache, use_feature_cache
-from mm.labels import build_codec
-from mm.model import MultimodalModel, build_model, parameter_counts
+from mm.evaluation import evaluate
+from mm.features import encode_with_cache
+from mm.model import MultimodalModel, parameter_counts
 from mm.optim import build_optimizer, build_scheduler
-from mm.reports import write_classification_report
+from mm.prepare import prepare
+from mm.reports import report_table, token_report, write_classification_report, write_token_report
+from mm.runtime import autocast, epoch_batches, seed_everything, to_device, train_subset
 from mm.tracking import Tracker
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 otherwise."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def default_run_name(cfg: Config) -> str:
@@ -73,29 +49,10 @@ def run_folder(cfg: Config) -> Path:
     return run_dir
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The micro-batches of one epoch: a permutation drawn from (seed, epoch) alone, so a
-    resumed run sees exactly the batches an uninterrupted one would."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def train_subset(n: int, fraction: float, seed: int) -> list[int]:
-    """The training indices a run uses: a seeded random ``fraction`` of ``n`` (all when 1). Smaller
-    fractions are prefixes of larger ones, so a data curve's subsets are nested."""
-    if fraction >= 1:
-        return list(range(n))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(perm[: max(1, round(fraction * n))])
 
 
 @dataclass
@@ -135,25 +92,6 @@ def update_gradual(model: MultimodalModel, cfg: Config, step: int, epoch: int) -
     return opened
 
 
-@torch.no_grad()
-def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, precision: str,
-             outputs: dict[str, list] | None = None) -> dict[str, float]:
-    """Loss and the head's metrics over a whole split (per-batch logits and labels are kept in
-    ``outputs`` when given)."""
-    model.eval()
-    logits, labels, loss_sum, n = [], [], 0.0, 0
-    for batch in loader:
-        batch = to_device(batch, device)
-        with autocast(device, precision):
-            out = model(batch, outputs=encode_with_cache(model, batch))
-        loss_sum += model.head.loss(out, batch).item() * len(batch["label"])
-        n += len(batch["label"])
-        logits.append(out.float().cpu())
-        labels.append(batch["label"].cpu())
-    metrics = model.head.metrics(logits, labels)
-    if outputs is not None:
-        outputs.update(logits=logits, labels=labels)
-    return {"loss": loss_sum / n, **metrics}
 
 
 def train_step(model: MultimodalModel, batch: dict, device: torch.device, precision: str, scale: float) -> torch.Tensor:
@@ -176,31 +114,17 @@ def train(cfg: Config) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     seed_everything(cfg.seed, cfg.train.deterministic)
-    device = pick_device(cfg.train.device)
     run_dir = run_folder(cfg)
     ckpt_dir = run_dir / "checkpoints"
     resume_state = load_state(ckpt_dir / "last" / "state.pt") if cfg.train.resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
-    # Data first needs the encoders' preprocessing, so the encoders are built with the model;
-    # the class list comes from the training split (or the checkpoint, on resume).
-    classes = resume_state["classes"] if resume_state else None
-    if classes is None:
-        classes = training_classes(cfg.data, cfg.head.name)
-    num_outputs = build_codec(cfg.head.name, classes).num_outputs  # regression: 1, no classes
-    model = build_model(cfg, num_classes=num_outputs, classes=classes).to(device)
-    splits, classes = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
+    # Model, data (decoded by the encoders), collate and feature cache: ``mm.prepare``. The class
+    # list comes from the training split (or the checkpoint, on resume).
+    job = prepare(cfg, classes=resume_state["classes"] if resume_state else None)
+    model, splits, classes, device, loader = job.model, job.splits, job.classes, job.device, job.loader
     (run_dir / "classes.json").write_text(json.dumps(classes))
-    collate = Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name)
-    # Frozen encoders' outputs are computed once per split and weights, then served from the cache.
-    splits, collate, feature_cache = use_feature_cache(cfg, model, splits, collate, device)
-
-    def loader(split: str, batch_sampler=None) -> DataLoader:
-        kwargs: dict[str, Any] = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": cfg.train.eval_batch_size}
-        # A private generator keeps DataLoader from drawing on the global RNG (dropout's).
-        return DataLoader(splits[split], collate_fn=collate, num_workers=cfg.data.num_workers,
-                          generator=torch.Generator(), pin_memory=device.type == "cuda", **kwargs)
 
     # Schedule length: optimizer steps per epoch (accumulated micro-batches) x epochs.
     accum = cfg.optim.grad_accum_steps
@@ -249,6 +173,7 @@ def train(cfg: Config) -> dict[str, Any]:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         micro = [[train_idx[i] for i in b] for b in epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch)]
         groups = [micro[i : i + accum] for i in range(0, len(micro), accum)][done_in_epoch:]
+        splits["train"].set_epoch(epoch)  # augmentation drawn from (seed, epoch, sample)
         batches = iter(loader("train", [idx for group in groups for idx in group]))
         for group in groups:
             # Gradual unfreezing: open more backbone blocks when the schedule says so.
@@ -312,10 +237,14 @@ def train(cfg: Config) -> dict[str, Any]:
         report = write_classification_report(pred, true, classes, run_dir / "report", "test", plot=cfg.train.plots)
         if "png" in report:
             tracker.log_image("test/confusion_matrix", report["png"], step)
+    elif cfg.head.name == "token":  # per-entity-type precision, recall, F1 and support (seqeval)
+        entities = token_report(*model.head.decode(outputs["logits"], outputs["labels"]))
+        write_token_report(entities, run_dir / "report", "test")
+        tracker.log_table("test/entity_report", *report_table(entities))
     results = {
         "run_dir": str(run_dir), "best_step": stopper.best_step, "steps": step, "stopped_early": stopper.should_stop,
         "val": val, "test": test, "classes": len(classes), "params": counts,
-        "wall_time_s": round(time.perf_counter() - t_start, 2), "feature_cache": feature_cache,
+        "wall_time_s": round(time.perf_counter() - t_start, 2), "feature_cache": job.feature_cache,
     }
     tracker.summary({f"best/{metric_key}": stopper.best, "best/step": stopper.best_step,
                      "stopped_early": stopper.should_stop, **{f"test/{k}": v for k, v in test.items()}})

@@ -28,19 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-wandb", action="store_true", help="do not log to the run's W&B run")
     args = parser.parse_args(argv)
 
-    from torch.utils.data import DataLoader
+    import torch
 
     from mm.config import to_dict
-    from mm.data import build_splits
-    from mm.data.collate import Collator
     from mm.evaluation import NOISE_LEVELS, load_run, robustness, write_robustness
+    from mm.prepare import prepare
     from mm.tracking import Tracker
 
     cfg, model, classes = load_run(args.run_dir, args.checkpoint)
-    splits, _ = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
-    loader = DataLoader(splits[args.split], batch_size=cfg.train.eval_batch_size,
-                        collate_fn=Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name))
-    rows = robustness(model, loader, tuple(args.levels or NOISE_LEVELS), seed=cfg.seed)
+    job = prepare(cfg, classes, model, torch.device("cpu"), cache=False)
+    rows = robustness(model, job.loader(args.split), tuple(args.levels or NOISE_LEVELS), seed=cfg.seed)
     metric = args.metric or cfg.train.metric
     try:
         paths = write_robustness(rows, args.run_dir / f"eval-{args.split}", metric)

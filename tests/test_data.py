@@ -11,6 +11,53 @@ from mm.data.manifest import ManifestDataset, ManifestError, read_manifest
 from mm.labels import LabelError, label_vocabulary
 
 
+class FakeText:
+    """The text side of the encoder data contract, without a tokenizer: one id per word."""
+
+    media, augment = False, False
+
+    def load(self, value, root, train=False):
+        return str(value)
+
+    def collate(self, texts):
+        texts = ["" if t is None else t for t in texts]
+        lens = [len(t.split()) for t in texts]
+        T = max(max(lens), 1)
+        ids = torch.zeros(len(texts), T, dtype=torch.long)
+        for i, n in enumerate(lens):
+            ids[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
+
+class FakeImage:
+    media, augment = True, False
+
+    def load(self, value, root, train=False):
+        with Image.open(root / value) as img:
+            return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
+
+    def collate(self, pictures):
+        zeros = torch.zeros(3, 8, 8)
+        return {"pixel_values": torch.stack([zeros if p is None else p for p in pictures])}
+
+
+class FakeAudio:
+    media, augment = True, False
+
+    def load(self, value, root, train=False):
+        return torch.from_numpy(sf.read(str(root / value), dtype="float32")[0])
+
+    def collate(self, waves):
+        waves = [torch.zeros(400) if w is None else w for w in waves]
+        S = max(len(w) for w in waves)
+        x = torch.zeros(len(waves), S)
+        m = torch.zeros(len(waves), S, dtype=torch.long)
+        for i, w in enumerate(waves):
+            x[i, : len(w)] = torch.as_tensor(w)
+            m[i, : len(w)] = 1
+        return {"input_values": x, "attention_mask": m}
+
+
 def write_manifest(root, rows, split="train"):
     (root / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
@@ -27,44 +74,21 @@ def test_missing_label_and_unknown_label_name_the_line(tmp_path):
         label_vocabulary("classification", read_manifest(tmp_path / "train.jsonl"), "label")
     write_manifest(tmp_path, [{"text": "a", "label": "x"}, {"text": "b", "label": "z"}], "val")
     with pytest.raises(ManifestError, match=r"val\.jsonl:2: label 'z'"):
-        ManifestDataset(tmp_path, "val", ["text"], "label", ["x", "y"])
+        ManifestDataset(tmp_path, "val", {"text": FakeText()}, "label", ["x", "y"])
 
 
 def test_missing_media_file_names_row_and_path(tmp_path):
     write_manifest(tmp_path, [{"image": "img/nope.png", "label": 0}])
     with pytest.raises(ManifestError, match=r"train\.jsonl:1: image file not found: .*nope\.png"):
-        ManifestDataset(tmp_path, "train", ["image"], "label", [0], image_transform=lambda x: x)
+        ManifestDataset(tmp_path, "train", {"image": FakeImage()}, "label", [0])
 
 
 def test_dotted_label_key_and_sorted_vocabulary(tmp_path):
     write_manifest(tmp_path, [{"labels": {"t": "b"}}, {"labels": {"t": "a"}}, {"labels": {"t": "b"}}])
     rows = read_manifest(tmp_path / "train.jsonl")
     assert label_vocabulary("classification", rows, "labels.t") == ["a", "b"]
-    ds = ManifestDataset(tmp_path, "train", ["text"], "labels.t", ["a", "b"])
+    ds = ManifestDataset(tmp_path, "train", {"text": FakeText()}, "labels.t", ["a", "b"])
     assert ds.labels == [1, 0, 1]
-
-
-class FakeText:
-    def tokenize(self, texts):
-        lens = [len(t.split()) for t in texts]
-        T = max(lens)
-        ids = torch.zeros(len(texts), T, dtype=torch.long)
-        for i, n in enumerate(lens):
-            ids[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": (ids > 0).long()}
-
-
-class FakeAudio:
-    sample_rate = 16000
-
-    def featurize(self, waves):
-        S = max(len(w) for w in waves)
-        x = torch.zeros(len(waves), S)
-        m = torch.zeros(len(waves), S, dtype=torch.long)
-        for i, w in enumerate(waves):
-            x[i, : len(w)] = torch.as_tensor(w)
-            m[i, : len(w)] = 1
-        return {"input_values": x, "attention_mask": m}
 
 
 def test_dataset_and_collate_with_a_missing_modality(tmp_path):
@@ -74,9 +98,9 @@ def test_dataset_and_collate_with_a_missing_modality(tmp_path):
         {"text": "one two three", "image": "a.png", "audio": "a.wav", "label": "x"},
         {"text": "one", "audio": "a.wav", "label": "y"},
     ])
-    to_tensor = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # noqa: E731
-    ds = ManifestDataset(tmp_path, "train", ["text", "image", "audio"], "label", ["x", "y"], to_tensor, 16000)
-    collate = Collator(["text", "image", "audio"], {"text": FakeText(), "audio": FakeAudio()})
+    encoders = {"text": FakeText(), "image": FakeImage(), "audio": FakeAudio()}
+    ds = ManifestDataset(tmp_path, "train", encoders, "label", ["x", "y"])
+    collate = Collator(["text", "image", "audio"], encoders)
     batch = collate([ds[0], ds[1]])
     assert batch["label"].tolist() == [0, 1]
     assert batch["present"]["image"].tolist() == [True, False]

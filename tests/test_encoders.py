@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from mm.data.audio_io import load_audio
-from mm.encoders import ENCODERS, AudioEncoder, ImageEncoder, TextEncoder, build_encoder
+from mm.encoders import ENCODERS, AudioEncoder, ImageEncoder, SpectrogramEncoder, TextEncoder, build_encoder
 from mm.encoders.sources import minilm_path, resolve_source
 
 # ---- explicit parameter names of the tiny backbones (as the checkpoints define them) ----
@@ -97,7 +97,7 @@ def audio_enc(tiny_wav2vec2: Path) -> AudioEncoder:
 
 def build(modality: str, trainable: str, **kwargs) -> torch.nn.Module:
     source = {"text": "tiny-bert", "image": "tiny-vit", "audio": "tiny-wav2vec2"}[modality]
-    return build_encoder(modality, source=source, trainable=trainable, **kwargs)
+    return build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=source, trainable=trainable, **kwargs)
 
 
 # ---- sources: aliases, layouts, determinism ----
@@ -180,7 +180,7 @@ def test_tiny_parameter_counts(
 def test_folder_weights_are_loaded_exactly(modality: str, alias: str) -> None:
     folder = resolve_source(alias)
     stored = load_file(Path(folder) / "model.safetensors")
-    state = build_encoder(modality, source=folder).backbone.state_dict()
+    state = build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=folder).backbone.state_dict()
     extra = {
         "text": {"pooler.dense.weight", "pooler.dense.bias"},
         "image": {"head.weight", "head.bias"},
@@ -420,9 +420,14 @@ def test_full_trains_and_every_trainable_parameter_gets_a_gradient(modality: str
 
 
 def test_registry_and_errors_name_valid_values(tiny_bert: Path) -> None:
-    assert ENCODERS == {"text": TextEncoder, "image": ImageEncoder, "audio": AudioEncoder}
+    assert ENCODERS == {"text": {"transformers": TextEncoder}, "image": {"timm": ImageEncoder},
+                        "audio": {"spectrogram": SpectrogramEncoder, "wav2vec2": AudioEncoder}}
     with pytest.raises(ValueError, match=r"'video'.*\['audio', 'image', 'text'\]"):
         build_encoder("video", source="x")
+    with pytest.raises(ValueError, match=r"unknown audio encoder 'mfcc'; valid: \['spectrogram', 'wav2vec2'\]"):
+        build_encoder("audio", "mfcc", source="x")
+    for modality, kinds in ENCODERS.items():
+        assert all(cls.modality == modality for cls in kinds.values())
     with pytest.raises(ValueError, match=r"'partial'.*\['frozen', 'full'\]"):
         TextEncoder(str(tiny_bert), trainable="partial")
     with pytest.raises(ValueError, match=r"'max'.*\['mean', 'cls'\]"):

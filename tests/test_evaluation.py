@@ -11,7 +11,7 @@ import torch
 
 import mm.train as mm_train
 from mm.config import load_config
-from mm.evaluation import add_noise, load_run, remove_modalities
+from mm.evaluation import load_run, remove_modalities
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,9 @@ def test_load_run_reproduces_the_test_metrics(run):
         load_run(Path(run["run_dir"]) / "nope")
 
 
-def test_remove_and_noise_transforms():
+def test_remove_and_noise_transforms(run):
+    _, model, _ = load_run(run["run_dir"])
+    image, text = model.encoders["image"], model.encoders["text"]
     batch = {"label": torch.zeros(2), "present": {"image": torch.tensor([True, True]), "text": torch.tensor([True, False])},
              "image": {"pixel_values": torch.zeros(2, 3, 4, 4)},
              "text": {"input_ids": torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]]),
@@ -42,15 +44,12 @@ def test_remove_and_noise_transforms():
     out = remove_modalities(batch, ("image",))
     assert out["present"]["image"].tolist() == [False, False] and batch["present"]["image"].tolist() == [True, True]
     g = torch.Generator().manual_seed(0)
-    assert add_noise(batch, "image", 0.0, g) is batch
-    noisy = add_noise(batch, "image", 0.5, g)["image"]["pixel_values"]
+    assert text.corrupt(batch["text"], 0.0, g) is batch["text"]
+    noisy = image.corrupt(batch["image"], 0.5, g)["pixel_values"]
     assert noisy.std().item() == pytest.approx(1.0, rel=0.3)  # std = 2 * strength
-
-    class Tok:
-        all_special_ids = [0, 101, 102]
-        vocab_size = 30522
-
-    ids = add_noise(batch, "text", 1.0, g, Tok())["text"]["input_ids"]
+    assert batch["image"]["pixel_values"].eq(0).all()  # a copy: the batch is untouched
+    assert set(text.tokenizer.all_special_ids) >= {0, 101, 102}  # [PAD], [CLS], [SEP] are never replaced
+    ids = text.corrupt(batch["text"], 1.0, g)["input_ids"]
     assert ids[:, 0].tolist() == [101, 101] and ids[0, 3] == 102 and ids[1, 2] == 102 and ids[1, 3] == 0
     assert (ids[0, 1:3] != batch["text"]["input_ids"][0, 1:3]).any()
 

@@ -87,14 +87,14 @@ def test_export_writes_hub_layout_folders_and_a_record(full_run: Path) -> None:
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_exported_folder_reloads_the_trained_backbone_exactly(full_run: Path, modality: str) -> None:
     trained = trained_backbone(full_run, modality)
-    initial = build_encoder(modality, source=TINY[modality]).backbone.state_dict()
+    initial = build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=TINY[modality]).backbone.state_dict()
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)  # training moved the weights
-    fresh = build_encoder(modality, source=str(full_run / "export" / modality))
+    fresh = build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=str(full_run / "export" / modality))
     exported = fresh.backbone.state_dict()
     assert sorted(exported) == sorted(trained)
     for k in trained:
         assert torch.equal(exported[k], trained[k]), k
-    original = build_encoder(modality, source=TINY[modality])
+    original = build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=TINY[modality])
     if modality == "text":
         assert fresh.tokenizer("a red cat")["input_ids"] == original.tokenizer("a red cat")["input_ids"]
     elif modality == "audio":
@@ -125,8 +125,8 @@ def test_lora_export_is_a_plain_backbone_with_the_adapted_outputs(lora_run: Path
 
     splits, _ = build_splits(cfg.data, dict(model.encoders), classes)
     batch = next(iter(DataLoader(splits["test"], batch_size=8, collate_fn=Collator(cfg.data.modalities, dict(model.encoders)))))
-    fresh = build_encoder(modality, source=str(folder)).eval()
-    base = build_encoder(modality, source=TINY[modality]).eval()
+    fresh = build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=str(folder)).eval()
+    base = build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=TINY[modality]).eval()
     with torch.no_grad():
         want, got, unadapted = adapted(batch[modality]), fresh(batch[modality]), base(batch[modality])
     assert torch.allclose(got.tokens, want.tokens, atol=1e-5)

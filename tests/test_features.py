@@ -44,7 +44,7 @@ def write_manifest(root: Path, rows: list[dict]) -> Path:
 
 
 def split(root: Path, image: ImageEncoder) -> ManifestDataset:
-    return ManifestDataset(root, "train", ["image", "text"], "label", ["a", "b"], image_transform=image.transform)
+    return ManifestDataset(root, "train", {"image": image, "text": TextEncoder("tiny-bert")}, "label", ["a", "b"])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from mm.data.manifest import ManifestDataset, ManifestError
 from mm.encoders.base import EncoderOutput
 from mm.encoders.text import TextEncoder
 from mm.fusion import build_fusion
-from mm.fusion_tokens import TextTokensFusion
+from mm.fusion.tokens import TextTokensFusion
 from mm.heads import ClassificationHead, MultiLabelHead, RegressionHead, TokenHead, build_head
 from mm.labels import IGNORE_INDEX, LabelError, align_word_labels, build_codec, label_vocabulary
 
@@ -184,6 +184,15 @@ def test_word_pieces_get_the_tag_on_the_first_piece_only(text_enc: TextEncoder):
     assert batch["label"].dtype == torch.long and batch["present"]["text"].tolist() == [True, True]
 
 
+class PlainText:
+    """The text side of the encoder data contract, enough for a dataset: a row's text as is."""
+
+    media, augment = False, False
+
+    def load(self, value, root, train=False):
+        return str(value)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -193,9 +202,9 @@ def test_token_rows_need_one_word_per_tag(tmp_path: Path):
                                            {"tokens": ["Bob", "runs"], "tags": ["B-PER"]}])
     codec = build_codec("token", TAGS)
     with pytest.raises(ManifestError, match=r"train\.jsonl:2: 2 words at 'tokens' but 1 tags at 'tags'"):
-        ManifestDataset(tmp_path, "train", ["text"], "tags", TAGS, codec=codec)
+        ManifestDataset(tmp_path, "train", {"text": PlainText()}, "tags", TAGS, codec=codec)
     write_jsonl(tmp_path / "train.jsonl", [{"tokens": ["Rome", "!"], "tags": ["B-LOC", "O"]}])
-    ds = ManifestDataset(tmp_path, "train", ["text"], "tags", TAGS, codec=codec)
+    ds = ManifestDataset(tmp_path, "train", {"text": PlainText()}, "tags", TAGS, codec=codec)
     assert ds[0] == {"index": 0, "label": [0, 3], "words": ["Rome", "!"], "text": "Rome !"}
     with pytest.raises(LabelError, match="f:1: tag 'PER' is neither 'O' nor B-/I-/E-/S- prefixed"):
         label_vocabulary("token", [{"tags": ["PER"], "_where": "f:1"}], "tags")

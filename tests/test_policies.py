@@ -52,14 +52,14 @@ def family(request):
 
 def make(spec, policy, **kw):
     modality, source = spec[0], spec[1]
-    enc = build_encoder(modality, source=source)
+    enc = build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=source)
     apply_policy(enc, policy, **kw)
     return enc
 
 
 def test_layer_groups(family):
     name, (modality, source, prefix, names, final, _) = family
-    groups = layer_groups(build_encoder(modality, source=source).backbone)
+    groups = layer_groups(build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=source).backbone)
     assert [set(b) for b in groups.blocks] == [block(prefix, 0, names), block(prefix, 1, names)]
     assert groups.final == final
     if name == "bert":
@@ -111,7 +111,7 @@ def test_gradual_thaws_from_the_top_on_schedule(family):
 
 def test_lora_adds_exactly_the_adapters_and_keeps_base_weights(family):
     _, (modality, source, prefix, _, _, targets) = family
-    base = {k: v.clone() for k, v in build_encoder(modality, source=source).backbone.state_dict().items()}
+    base = {k: v.clone() for k, v in build_encoder(modality, "wav2vec2" if modality == "audio" else None, source=source).backbone.state_dict().items()}
     enc = make(family[1], "lora", lora_r=4, lora_alpha=8)
     expected = set()
     for i in (0, 1):

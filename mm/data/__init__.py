@@ -47,23 +47,25 @@ def training_classes(cfg: DataConfig, head: str = "classification") -> list:
 
 
 def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
-                 head: str = "classification") -> tuple[dict[str, ManifestDataset], list]:
-    """The train/val/test datasets for a data config, decoded with the encoders' preprocessing.
+                 head: str = "classification", seed: int = 0,
+                 augment: bool = True) -> tuple[dict[str, ManifestDataset], list]:
+    """The train/val/test datasets for a data config, decoded by the encoders (``Encoder.load``).
 
     Args:
         cfg: the data config.
-        encoders: modality -> encoder (``transform`` for images, ``sample_rate`` for audio).
+        encoders: modality -> encoder, for the config's modalities.
         classes: the class list; by default the sorted labels of the training split.
         head: the head's name, which decides how labels are encoded (``mm.labels``).
+        seed: the run's seed; the training split's augmentation (if any encoder augments) draws
+            from it, the sample and the epoch.
+        augment: False keeps the training split unaugmented too (feature extraction).
     """
     if classes is None:
         classes = training_classes(cfg, head)
     root, label_key = resolve_dataset(cfg)
     codec = build_codec(head, classes)
-    image_transform = getattr(encoders.get("image"), "transform", None)
-    sample_rate = getattr(encoders.get("audio"), "sample_rate", None)
-    splits = {
-        s: ManifestDataset(root, s, cfg.modalities, label_key, classes, image_transform, sample_rate, codec=codec)
-        for s in SPLITS
-    }
+    used = {m: encoders[m] for m in cfg.modalities}
+    splits = {s: ManifestDataset(root, s, used, label_key, classes, codec=codec, augment=augment and s == "train",
+                                seed=seed)
+              for s in SPLITS}
     return splits, classes

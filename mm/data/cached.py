@@ -86,8 +86,7 @@ def compute_table(encoder: Encoder, modality: str, dataset: Any, batch_size: int
     outputs the model replaces by its missing embedding anyway).
     """
     source = _restricted(dataset, [modality])
-    image_shape = encoder.data_config["input_size"] if modality == "image" else None
-    collate = Collator([modality], {modality: encoder}, image_shape=image_shape)
+    collate = Collator([modality], {modality: encoder})
     # A private generator keeps the DataLoader from drawing on the global RNG (the run's dropout).
     loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
                         collate_fn=functools.partial(_collate_unlabelled, collate))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mm.data.manifest import ManifestError
+from mm.data.errors import ManifestError
 from mm.labels import TAG_PATTERN
 
 TAGS_KEY = "tags"

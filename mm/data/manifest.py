@@ -1,30 +1,28 @@
 """Manifest datasets: a folder with ``train.jsonl``, ``val.jsonl``, ``test.jsonl``.
 
-Each line is one sample with optional ``text`` (string), ``image`` and ``audio`` (paths relative
-to the folder) and a label at ``label_key`` (dotted, e.g. ``label`` or ``labels.match``). Images go
-through PIL into the image encoder's own transform; audio is read with soundfile, downmixed and
-resampled to the audio encoder's rate; text is tokenized later, in the collate function.
+Each line is one sample with a value per modality, all optional (``text``: a string; ``image``,
+``audio``: paths relative to the folder) and a label at ``label_key`` (dotted, e.g. ``label`` or
+``labels.match``). Each modality's value is decoded by its encoder (``Encoder.load``: an image
+through PIL into the encoder's transform, audio read, downmixed and resampled to its rate); the
+dataset itself never names a modality.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from mm.data.audio_io import load_audio
+from mm.data.collate import TEXT
+from mm.data.conll import read_conll
+from mm.data.errors import ManifestError
 from mm.labels import ClassLabels, Codec, LabelError, MultiLabels, RegressionLabels, TagLabels, label_at
+from mm.runtime import seeded
 
 SPLITS = ("train", "val", "test")
-
-
-class ManifestError(ValueError):
-    """A manifest row is malformed; the message names the file and line."""
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -52,49 +50,52 @@ def read_manifest(path: Path) -> list[dict]:
 def read_split(root: Path, split: str) -> list[dict]:
     """The rows of one split: ``<split>.jsonl``, or where there is none, the CoNLL file ``<split>.txt``."""
     if not (root / f"{split}.jsonl").is_file() and (root / f"{split}.txt").is_file():
-        from mm.data.conll import read_conll
-
         return read_conll(root / f"{split}.txt")
     return read_manifest(root / f"{split}.jsonl")
 
 
 class ManifestDataset(Dataset):
-    """One split of a manifest folder, yielding decoded samples for the chosen modalities.
+    """One split of a manifest folder, yielding samples decoded by the modalities' encoders.
 
     Args:
         root: the manifest folder.
-        split: ``train``, ``val`` or ``test``.
-        modalities: which modalities to load; others are ignored.
+        split: ``train``, ``val`` or ``test`` (or any name, with ``rows``).
+        encoders: modality -> encoder (``Encoder.load`` decodes a row's value); other keys of a
+            row are ignored.
         label_key: dotted key of the label in each row.
         classes: the class list (from the training split); a label outside it is an error.
-        image_transform: PIL image -> tensor (the image encoder's transform).
-        sample_rate: the audio encoder's sampling rate.
         codec: how labels are encoded (``mm.labels``); by default class ids over ``classes``. With
             the token codec each row also needs its words under ``tokens``, one per tag.
+        rows: the parsed rows, instead of reading ``<split>.jsonl``.
+        require_labels: False for inference (an unlabelled row gets a placeholder label).
+        augment: decode with the encoders' training-time augmentation, seeded per sample and
+            epoch (``set_epoch``) from ``seed``.
+        seed: the run's seed, for augmentation.
     """
 
     def __init__(
         self,
         root: str | Path,
         split: str,
-        modalities: Sequence[str],
+        encoders: Mapping[str, Any],
         label_key: str,
         classes: list,
-        image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
-        sample_rate: int | None = None,
         codec: Codec | None = None,
         rows: list[dict] | None = None,
         require_labels: bool = True,
+        augment: bool = False,
+        seed: int = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
-        self.modalities = sorted(modalities)
+        self.encoders = dict(encoders)
+        self.modalities = sorted(encoders)
         self.rows = rows if rows is not None else read_split(self.root, split)
         self.codec = codec if codec is not None else ClassLabels(classes)
         self.classes = list(self.codec.classes)
         self.label_key = label_key
-        self.image_transform = image_transform
-        self.sample_rate = sample_rate
+        self.augment = augment and any(e.augment for e in self.encoders.values())
+        self.seed, self.epoch = seed, 0
         self.labels: list = []
         self.words: list[list[str]] = []  # token tagging only
         for row in self.rows:
@@ -109,9 +110,9 @@ class ManifestDataset(Dataset):
                 raise ManifestError(f"{row['_where']}: {err} (key '{label_key}')") from None
             if isinstance(self.codec, TagLabels):
                 self.words.append(self._words(row, value))
-            for m in ("image", "audio"):
-                if m in self.modalities and row.get(m) is not None and not (self.root / row[m]).is_file():
-                    raise ManifestError(f"{row['_where']}: {m} file not found: {self.root / row[m]}")
+            for m, enc in self.encoders.items():
+                if enc.media and row.get(m) is not None and not (self.root / str(row[m])).is_file():
+                    raise ManifestError(f"{row['_where']}: {m} file not found: {self.root / str(row[m])}")
 
     def _placeholder(self, row: dict) -> Any:
         if isinstance(self.codec, TagLabels):
@@ -135,20 +136,22 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation the next samples get (the loop calls it before each epoch)."""
+        self.epoch = epoch
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         sample: dict[str, Any] = {"index": i, "label": self.labels[i]}
+        values = {m: row.get(m) for m in self.modalities}
         if isinstance(self.codec, TagLabels):  # token tagging: the words are the text
             sample["words"] = self.words[i]
-            if "text" in self.modalities:
-                sample["text"] = " ".join(self.words[i])
-        elif "text" in self.modalities and row.get("text") is not None:
-            sample["text"] = str(row["text"])
-        if "image" in self.modalities and row.get("image") is not None:
-            assert self.image_transform is not None, "an image encoder's transform is required"
-            with Image.open(self.root / row["image"]) as img:
-                sample["image"] = self.image_transform(img.convert("RGB"))
-        if "audio" in self.modalities and row.get("audio") is not None:
-            assert self.sample_rate is not None, "an audio encoder's sample rate is required"
-            sample["audio"] = load_audio(self.root / row["audio"], self.sample_rate)
+            values[TEXT] = " ".join(self.words[i]) if TEXT in values else None
+        present = {m: v for m, v in values.items() if v is not None}
+        if not self.augment:
+            sample.update({m: self.encoders[m].load(v, self.root) for m, v in present.items()})
+            return sample
+        # Augmentation drawn from (seed, epoch, sample) alone: the same after a resume, with any workers.
+        with seeded((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i):
+            sample.update({m: self.encoders[m].load(v, self.root, train=True) for m, v in present.items()})
         return sample

@@ -219,11 +219,6 @@ def render_caption(
     return segments
 
 
-def render_text(rng: np.random.Generator, **factors: object) -> str:
-    """The caption of ``render_caption`` (same arguments, same draws) as one string."""
-    return "".join(text for text, _ in render_caption(rng, **factors))  # type: ignore[arg-type]
-
-
 WORD = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")  # words (hyphenated ones whole) and punctuation marks
 
 

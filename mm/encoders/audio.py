@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
+import transformers
+from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel
 
+from mm.data.audio_io import load_audio
 from mm.encoders.base import Encoder, EncoderOutput, masked_mean
 from mm.encoders.sources import resolve_source
+from mm.encoders.wave import WaveAugment
 
 
 class AudioEncoder(Encoder):
@@ -20,11 +27,15 @@ class AudioEncoder(Encoder):
         freeze_feature_encoder: with ``full``, keep the convolutional feature encoder
             (``backbone.feature_extractor``) frozen, as wav2vec2 fine-tuning recipes do.
         max_seconds: waves are cropped to this duration by ``featurize``.
+        gain_db, shift_s, snr_db: training-time wave augmentation (``mm.encoders.wave.WaveAugment``).
 
     Attributes:
         extractor: the checkpoint's feature extractor (normalisation, padding).
         sample_rate: the rate, in Hz, the checkpoint expects its waves at.
     """
+
+    modality = "audio"
+    media = True
 
     def __init__(
         self,
@@ -32,6 +43,9 @@ class AudioEncoder(Encoder):
         trainable: str = "frozen",
         freeze_feature_encoder: bool = True,
         max_seconds: float = 10.0,
+        gain_db: float = 0.0,
+        shift_s: float = 0.0,
+        snr_db: tuple[float, ...] = (),
     ):
         super().__init__()
         path = resolve_source(source)
@@ -42,7 +56,32 @@ class AudioEncoder(Encoder):
         self.sample_rate = int(self.extractor.sampling_rate)
         self.max_samples = int(max_seconds * self.sample_rate)
         self.out_dim = self.backbone.config.hidden_size
+        self.wave_augment = WaveAugment(gain_db, shift_s, tuple(snr_db))
+        self.augment = self.wave_augment.active
         self.set_trainable(trainable)
+
+    def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
+        wave = load_audio(root / value, self.sample_rate)
+        return self.wave_augment(wave, self.sample_rate) if train and self.augment else wave
+
+    def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """``featurize``; a missing recording is 25 ms of silence."""
+        silence = torch.zeros(400)
+        return self.featurize([silence if v is None else v for v in values])
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"extractor": self.extractor.to_dict(), "sample_rate": self.sample_rate,
+                "max_samples": self.max_samples, "library": transformers.__version__}
+
+    def corrupt(self, inputs: dict[str, torch.Tensor], strength: float,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Gaussian noise of standard deviation ``2 * strength`` on the normalised wave (0.5: 0 dB SNR)."""
+        x = inputs["input_values"]
+        return {**inputs, "input_values": x + 2 * strength * torch.randn(x.shape, generator=generator)}
+
+    def export(self, out_dir: Path, backbone: nn.Module) -> None:
+        backbone.save_pretrained(out_dir, safe_serialization=True)
+        self.extractor.save_pretrained(out_dir)
 
     def set_trainable(self, policy: str) -> None:
         """Apply ``frozen`` / ``full``; ``full`` spares the conv feature encoder if asked to."""

@@ -1,8 +1,27 @@
-"""The contract every encoder keeps: ``EncoderOutput`` and frozen/trainable handling."""
+"""The contract every encoder keeps: it owns its modality end to end.
+
+An encoder is the one place that knows its modality. Besides ``encode`` (inputs -> ``EncoderOutput``)
+and its trainability it answers every question the data, cache, evaluation, export and predict code
+would otherwise answer by naming a modality:
+
+- ``load(value, root, train)``: one manifest value (a string, or a file path relative to the
+  dataset folder when ``media`` is True) decoded into a sample value (tensor, wave, text);
+- ``collate(values)``: a list of sample values, ``None`` where a sample lacks the modality, padded
+  into the encoder's input dict; a missing value gets a placeholder (the model replaces its output
+  by a learned missing embedding), so a batch where no sample has the modality is fine too;
+- ``fingerprint()``: the preprocessing settings that decide its outputs (the feature-cache key);
+- ``corrupt(inputs, strength, generator)``: the robustness-noise of growing strength;
+- ``export(out_dir, backbone)``: the backbone and preprocessing in the layout ``source`` loads.
+
+So a new modality is one encoder file, one registry entry (``mm.encoders.ENCODERS``) and one config
+section (``mm.config.EncodersConfig``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -42,8 +61,35 @@ class Encoder(nn.Module):
     ``requires_grad`` off, stays in ``eval()`` while the model trains and runs under ``no_grad``.
     """
 
+    modality: ClassVar[str] = ""  # the manifest key and the config section it reads
+    media: ClassVar[bool] = False  # manifest values are files relative to the dataset folder
     backbone: nn.Module
     out_dim: int
+    augment: bool = False  # random training-time preprocessing: never served from the feature cache
+
+    # -- the modality's data contract (see the module docstring) --------------------------------
+    def load(self, value: Any, root: Path, train: bool = False) -> Any:
+        """One manifest value decoded into a sample value; ``train`` turns on augmentation."""
+        raise NotImplementedError(f"{type(self).__name__}.load")
+
+    def collate(self, values: list[Any]) -> dict[str, torch.Tensor]:
+        """Sample values (``None`` where missing) padded into this encoder's input dict."""
+        raise NotImplementedError(f"{type(self).__name__}.collate")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The preprocessing settings that decide the outputs for given weights (feature-cache key)."""
+        raise NotImplementedError(f"{type(self).__name__}.fingerprint")
+
+    def corrupt(self, inputs: dict[str, torch.Tensor], strength: float,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A copy of a batch's inputs with noise of ``strength`` (0 = none) for robustness tests."""
+        raise NotImplementedError(f"{type(self).__name__}.corrupt")
+
+    def export(self, out_dir: Path, backbone: nn.Module) -> None:
+        """Write ``backbone`` (this encoder's, adapters merged) and the preprocessing into ``out_dir``."""
+        raise NotImplementedError(f"{type(self).__name__}.export")
+
+    # -- trainability ----------------------------------------------------------------------------
 
     def set_trainable(self, policy: str) -> None:
         if policy not in TRAINABLE_POLICIES:

@@ -1,4 +1,9 @@
-"""Image encoder: any timm model, with the preprocessing of its own pretrained config."""
+"""Image encoder: any timm model, with the preprocessing of its own pretrained config.
+
+The input resolution is a setting (``input_size``): a CNN takes any size, so small pictures need
+not be upsampled to the checkpoint's 224 px on a CPU. Training-time augmentation is timm's own
+(``create_transform(is_training=True)``): random-resized crop, flips, RandAugment, random erasing.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import timm
 import timm.data
 import timm.models
 import torch
+from einops import rearrange
+from PIL import Image
 from torch import nn
 
 from mm.encoders.base import Encoder, EncoderOutput
@@ -70,51 +77,121 @@ def _check_weights_cover(backbone: nn.Module, weights: Path) -> None:
         )
 
 
+AUGMENTS = ("none", "light", "rand")
+
+
+def create_backbone(source: str, model_args: dict[str, Any] | None = None) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``) loaded from any image source.
+
+    Args:
+        source: alias, timm name, hub id, local folder or ``arch@file`` (``parse_image_source``).
+        model_args: extra ``timm.create_model`` arguments (``in_chans=1`` adapts a pretrained stem
+            to one-channel inputs by summing its RGB filters, as timm does for spectrograms).
+
+    Raises:
+        ValueError: a local checkpoint does not cover every backbone weight.
+    """
+    model_name, weights_file = parse_image_source(resolve_source(source))
+    kwargs = dict(model_args or {})
+    if weights_file is not None:
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"image weights file not found: {weights_file}")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights_file))
+    backbone = timm.create_model(model_name, pretrained=True, num_classes=0, **kwargs)
+    if weights_file is not None:
+        _check_weights_cover(backbone, weights_file)
+    elif model_name.startswith("local-dir:"):
+        _check_weights_cover(backbone, Path(model_name.removeprefix("local-dir:")))
+    return backbone
+
+
+def feature_tokens(backbone: nn.Module, features: torch.Tensor, source: str) -> torch.Tensor:
+    """``forward_features`` output as tokens ``[B, N, D]`` (ViT tokens, or CNN map positions)."""
+    if features.ndim == 3:  # ViT-like: [B, N, D], prefix tokens included
+        return features
+    if features.ndim == 4 and features.shape[1] == backbone.num_features:
+        return rearrange(features, "b c h w -> b (h w) c")
+    if features.ndim == 4 and features.shape[-1] == backbone.num_features:  # channels-last (Swin, ...)
+        return rearrange(features, "b h w c -> b (h w) c")
+    raise ValueError(f"unexpected feature shape {tuple(features.shape)} from {source}")
+
+
 class ImageEncoder(Encoder):
     """A timm backbone without its classifier; patch / pixel tokens plus timm's pre-logits pooling.
 
     Args:
-        source: alias (``tiny-vit``), timm hub name, local folder in hub layout, or
-            ``<arch>@<weights file>``; see ``parse_image_source``.
+        source: alias (``effnet-lite0``, ``tiny-vit``, ``tiny-cnn``), timm hub name, local folder in
+            hub layout, or ``<arch>@<weights file>``; see ``parse_image_source``.
         trainable: ``frozen`` or ``full``.
         model_args: extra ``timm.create_model`` keyword arguments, e.g. the architecture's sizes
             for a weights file of a non-standard variant, or ``drop_path_rate``.
+        input_size: side in pixels the pictures are resized to (0: the checkpoint's own); set, it
+            also drops the checkpoint's centre crop (``crop_pct`` 1), so nothing is cut off.
+        augment: training-time augmentation: ``none``, ``light`` (random-resized crop of 60-100 %
+            of the area, random erasing 25 %) or ``rand`` (``light`` + RandAugment m9).
+        hflip: probability of a horizontal flip when augmenting (0 for digits, text, ...).
 
     Attributes:
         transform: PIL image -> ``Tensor[3, H, W]``, the checkpoint's evaluation preprocessing.
+        train_transform: the augmented training preprocessing (``transform`` when ``augment=none``).
         data_config: timm's resolved data config (``input_size``, ``mean``, ``std``, ...).
     """
 
-    def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None):
+    modality = "image"
+    media = True
+
+    def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None,
+                 input_size: int = 0, augment: str = "none", hflip: float = 0.5):
         super().__init__()
+        if augment not in AUGMENTS:
+            raise ValueError(f"unknown image augment {augment!r}; valid: {list(AUGMENTS)}")
         self.source = source
-        model_name, weights_file = parse_image_source(resolve_source(source))
-        kwargs = dict(model_args or {})
-        if weights_file is not None:
-            if not weights_file.is_file():
-                raise FileNotFoundError(f"image weights file not found: {weights_file}")
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(weights_file))
-        self.backbone = timm.create_model(model_name, pretrained=True, num_classes=0, **kwargs)
-        if weights_file is not None:
-            _check_weights_cover(self.backbone, weights_file)
-        elif model_name.startswith("local-dir:"):
-            _check_weights_cover(self.backbone, Path(model_name.removeprefix("local-dir:")))
+        self.backbone = create_backbone(source, model_args)
         self.data_config = timm.data.resolve_data_config({}, model=self.backbone)
+        if input_size:
+            self.data_config.update(input_size=(3, input_size, input_size), crop_pct=1.0)
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
+        self.augment = augment != "none"
+        self.augment_name, self.hflip = augment, hflip
+        self.train_transform = self.transform
+        if self.augment:
+            cfg = self.data_config
+            self.train_transform = timm.data.create_transform(
+                cfg["input_size"], is_training=True, scale=(0.6, 1.0), hflip=hflip, color_jitter=0.0,
+                auto_augment="rand-m9-mstd0.5-inc1" if augment == "rand" else None,
+                interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"], re_prob=0.25, re_mode="pixel",
+            )
         # Dimension of ``pooled``; equals the token width for ViTs and most CNNs.
         self.out_dim = getattr(self.backbone, "head_hidden_size", self.backbone.num_features)
         self.set_trainable(trainable)
 
+    def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
+        with Image.open(root / value) as img:
+            picture = img.convert("RGB")
+        return (self.train_transform if train else self.transform)(picture)
+
+    def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """Stacked pictures; a missing one is a zero picture of the input size."""
+        zeros = torch.zeros(self.data_config["input_size"])
+        return {"pixel_values": torch.stack([zeros if v is None else v for v in values])}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"data_config": self.data_config, "transform": repr(self.transform),
+                "global_pool": str(getattr(self.backbone, "global_pool", None)), "library": timm.__version__}
+
+    def corrupt(self, inputs: dict[str, torch.Tensor], strength: float,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Gaussian noise of standard deviation ``2 * strength`` on the normalised pixels."""
+        x = inputs["pixel_values"]
+        return {**inputs, "pixel_values": x + 2 * strength * torch.randn(x.shape, generator=generator)}
+
+    def export(self, out_dir: Path, backbone: nn.Module) -> None:
+        """timm's hub layout (architecture, arguments, pretrained_cfg), as ``save_for_hf`` writes it."""
+        timm.models.save_for_hf(backbone, str(out_dir), safe_serialization=True)
+
     def encode(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         features = self.backbone.forward_features(inputs["pixel_values"])
-        if features.ndim == 3:  # ViT-like: [B, N, D], prefix tokens included
-            tokens = features
-        elif features.ndim == 4 and features.shape[1] == self.backbone.num_features:
-            tokens = features.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, H*W, C]
-        elif features.ndim == 4 and features.shape[-1] == self.backbone.num_features:
-            tokens = features.flatten(1, 2)  # channels-last maps (Swin, ...): [B, H, W, C] -> [B, H*W, C]
-        else:
-            raise ValueError(f"unexpected feature shape {tuple(features.shape)} from {self.source}")
+        tokens = feature_tokens(self.backbone, features, self.source)
         pooled = self.backbone.forward_head(features, pre_logits=True)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)

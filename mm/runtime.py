@@ -1,0 +1,82 @@
+"""The runtime under the loop: device, precision, moving batches, seeding, deterministic batches.
+
+Everything here is a small pure helper that the training loop, the feature cache, evaluation,
+learning curves and baselines share; nothing here imports the loop, so no module needs the loop
+for a helper. Distributed helpers (rank, world size) land here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when there is one, else CPU; anything else as ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 otherwise."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block with python, numpy and torch (CPU) RNGs seeded by ``seed``, then restore them.
+
+    Random preprocessing (augmentation) draws from all three; seeding them per sample and epoch
+    makes an augmented epoch the same on every run and after a resume, whatever the worker count.
+    """
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (nested dicts of tensors) on ``device``; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The micro-batches of one epoch: a permutation drawn from (seed, epoch) alone, so a
+    resumed run sees exactly the batches an uninterrupted one would."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """The training indices a run uses: a seeded random ``fraction`` of ``n`` (all when 1). Smaller
+    fractions are prefixes of larger ones, so a data curve's subsets are nested."""
+    if fraction >= 1:
+        return list(range(n))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[: max(1, round(fraction * n))])
