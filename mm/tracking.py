@@ -4,28 +4,21 @@ Every ``Tracker.log`` call writes one line to ``run_dir/metrics.jsonl``, whateve
 W&B. W&B runs online when an API key is configured and offline otherwise (its files go to
 ``run_dir/wandb/``, to be uploaded later with ``wandb sync``). W&B must never stop training: a
 failing online start falls back to offline, and any later W&B error turns W&B off for the rest
-of the run with one warning. ``wandb`` is imported only when a tracker needs it.
-
-Measured with wandb 0.31.0 on 2 CPU cores, offline: ``import wandb`` takes about 1 s, the first
-tracker of a process about 0.7 s (it starts the wandb-core service), later ones about 40 ms;
-``log`` takes under 1 ms and ``finish`` about 10 ms. The requirements snapshot W&B takes at
-every init would add about 0.1 s to each, so it is turned off.
+of the run with one warning. ``wandb`` is imported only when a tracker needs it. The first
+tracker of a process starts the wandb-core service; the requirements snapshot W&B would take at
+every init is turned off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import netrc
 import os
 import secrets
 import string
-import subprocess
-import sys
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, TextIO
@@ -48,7 +41,6 @@ _WANDB_MODE_ENV = {
 # Hosts a `wandb login` may have written to ~/.netrc when WANDB_BASE_URL is not set.
 _DEFAULT_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 # How wandb-core writes the non-finite floats that JSON cannot hold.
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _ID_CHARS = string.ascii_lowercase + string.digits
 
 
@@ -311,63 +303,3 @@ def _warn(message: str) -> None:
 def _plain(value: Any) -> Any:
     """A JSON-ready scalar from a Python, NumPy or 0-d tensor value."""
     return value.item() if hasattr(value, "item") else value
-
-
-def read_offline_history(run_dir: Path) -> list[dict]:
-    """Reads back the history rows W&B wrote offline under ``run_dir/wandb``.
-
-    The ``.wandb`` transaction logs are decoded by wandb's own reader (``wandb-core leet
-    inspect --json``; wandb 0.31 has no Python reader left). Runs are read in the order they
-    started, keeping only the run id in ``run_dir/wandb_id.txt`` when that file exists. A
-    resumed run reads back everything each segment logged, also the steps that the resumed
-    ``metrics.jsonl`` dropped.
-
-    Returns:
-        One dict per W&B history row with the logged keys (W&B's own ``_step``, ``_runtime``
-        and ``_timestamp`` left out). wandb-core lists nested values, such as the dict W&B keeps
-        for an image or a table, under dotted keys (``plot._type``). The strings ``"NaN"``,
-        ``"Infinity"`` and ``"-Infinity"`` come back as floats, as that is how wandb-core
-        writes non-finite values.
-    """
-    run_dir = Path(run_dir)
-    id_file = run_dir / ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    segments: list[tuple[datetime, list[dict]]] = []
-    for log_file in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
-        records = _read_records(log_file)
-        run = next((record["run"] for record in records if record["type"] == "run"), None)
-        if run is None or (run_id is not None and run["run_id"] != run_id):
-            continue
-        rows = [_history_row(record["history"]["item"]) for record in records if record["type"] == "history"]
-        segments.append((datetime.fromisoformat(run["start_time"]), rows))
-    segments.sort(key=lambda segment: segment[0])
-    return [row for _, rows in segments for row in rows]
-
-
-def _read_records(log_file: Path) -> list[dict]:
-    """The records of one ``.wandb`` file, as wandb-core prints them in JSON."""
-    from wandb.util import get_core_path
-
-    command = [
-        get_core_path(),
-        "leet",
-        "inspect",
-        "--no-observability",
-        "--json",
-        "--run-file",
-        str(log_file),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"wandb-core could not read {log_file}: {done.stderr.strip()}")
-    if done.stderr:
-        print(done.stderr.strip(), file=sys.stderr)  # e.g. the log of a run that was cut short
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-
-
-def _history_row(item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: _NON_FINITE.get(value, value) if isinstance(value, str) else value
-        for key, value in item.items()
-        if not key.startswith("_")
-    }

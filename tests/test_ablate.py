@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from wandb_reader import read_offline_history, read_records
 
 import mm.train as mm_train
-from mm import ablate, tracking
+from mm import ablate
 from mm.config import ConfigError, load_config
 from mm.data.synthetic import ceiling
 from mm.fusion import FUSIONS
-from mm.tracking import read_offline_history
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -104,7 +104,7 @@ class CountingTrain:
 def wandb_run(run_dir: Path) -> tuple[str, str, str]:
     """(name, group, job type) of the offline W&B run in ``run_dir``."""
     (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    run = next(r["run"] for r in tracking._read_records(log_file) if r["type"] == "run")
+    run = next(r["run"] for r in read_records(log_file) if r["type"] == "run")
     return run["display_name"], run["run_group"], run["job_type"]
 
 

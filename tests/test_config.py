@@ -1,3 +1,7 @@
+import importlib
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +78,48 @@ def test_every_config_loads_and_builds(path, monkeypatch):
     model = build_model(cfg, num_classes=5)
     assert sorted(model.encoders) == sorted(cfg.data.modalities)
     assert model.head.linear.out_features == 5
+
+
+@pytest.mark.parametrize(
+    ("key", "registry"),
+    [
+        ("fusion.name", lambda: sorted(importlib.import_module("mm.fusion").FUSIONS)),
+        ("head.name", lambda: sorted(importlib.import_module("mm.heads").HEADS)),
+        ("encoders.audio.trainable", lambda: list(importlib.import_module("mm.encoders.policies").POLICIES)),
+        ("data.task", lambda: sorted(importlib.import_module("mm.data.synthetic").TASKS)),
+        ("fusion.late_weights", lambda: list(importlib.import_module("mm.fusion.weighted").LATE_WEIGHTS)),
+        ("wandb.mode", lambda: list(importlib.import_module("mm.tracking").MODES)),
+    ],
+)
+def test_choices_are_validated_against_their_registries(key, registry):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}=nope"])
+    assert str(err.value) == f"invalid value for '{key}': 'nope'; valid: {registry()}"
+    for valid in registry():
+        load_config(None, [f"{key}={valid}"])
+
+
+def test_a_new_registry_entry_is_valid_with_no_change_to_the_config(monkeypatch):
+    import mm.encoders.policies
+    import mm.fusion
+    import mm.heads
+
+    for key in ("fusion.name", "head.name", "encoders.text.trainable"):
+        with pytest.raises(ConfigError, match=re.escape(f"invalid value for '{key}': 'toy'")):
+            load_config(None, [f"{key}=toy"])
+    monkeypatch.setitem(mm.fusion.FUSIONS, "toy", mm.fusion.ConcatFusion)
+    monkeypatch.setitem(mm.heads.HEADS, "toy", mm.heads.ClassificationHead)
+    monkeypatch.setattr(mm.encoders.policies, "POLICIES", (*mm.encoders.policies.POLICIES, "toy"))
+    cfg = load_config(None, ["fusion.name=toy", "head.name=toy", "encoders.text.trainable=toy"])
+    assert (cfg.fusion.name, cfg.head.name, cfg.encoders.text.trainable) == ("toy", "toy", "toy")
+
+
+def test_synthetic_task_is_checked_only_for_the_synthetic_dataset(tmp_path):
+    with pytest.raises(ConfigError, match=r"'data\.task': 'nope'"):
+        load_config(None, ["data.task=nope"])
+    assert load_config(None, [f"data.dataset={tmp_path}", "data.task=nope"]).data.task == "nope"
+
+
+def test_config_module_imports_without_torch():
+    code = "import sys, mm.config; assert 'torch' not in sys.modules, 'mm.config imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -9,7 +9,7 @@ import torch
 
 from mm.config import FusionConfig
 from mm.encoders.base import EncoderOutput, masked_mean
-from mm.fusion import FUSIONS, build_fusion
+from mm.fusion import CONFIG_FIELDS, FUSIONS, ConcatFusion, build_fusion, declared_arguments
 
 B = 5
 LENGTHS = {"audio": 7, "image": 5, "text": 3}  # token counts differ per modality
@@ -286,7 +286,7 @@ def test_registry_and_arguments():
     with pytest.raises(ValueError) as err:
         build_fusion("nope", {"text": 4})
     assert str(err.value) == f"unknown fusion 'nope'; valid: {sorted(FUSIONS)}"
-    # build_model passes every FusionConfig field but the name; every fusion takes them all.
+    # build_model passes every FusionConfig field but the name; each fusion gets the ones it declares.
     fields = {k: v for k, v in vars(FusionConfig()).items() if k != "name"}
     for name in FUSIONS:
         assert build_fusion(name, {"image": 6, "text": 8}, **fields).out_dim == 256, name
@@ -296,6 +296,70 @@ def test_registry_and_arguments():
         build_fusion("late", {"text": 8}, late_weights="max")
     with pytest.raises(ValueError, match="divisible"):
         build_fusion("attention", {"text": 8}, hidden_dim=10, num_heads=4)
+
+
+def test_each_fusion_declares_only_the_config_fields_it_uses():
+    shared = ["hidden_dim", "num_layers", "dropout"]
+    assert {name: declared_arguments(cls) for name, cls in FUSIONS.items()} == {
+        "concat": shared,
+        "late": [*shared, "late_weights"],
+        "gated": shared,
+        "attention": [*shared, "num_heads"],
+        "tensor": [*shared, "tensor_dim"],
+        "lowrank": [*shared, "rank"],
+        "text_tokens": [*shared, "num_heads"],
+    }
+    # Every argument a fusion declares is a FusionConfig field, so a config can set it.
+    assert all(set(declared_arguments(cls)) <= CONFIG_FIELDS for cls in FUSIONS.values())
+    assert CONFIG_FIELDS == set(vars(FusionConfig())) - {"name"}
+    with pytest.raises(TypeError):  # the constructors themselves no longer swallow other fusions' arguments
+        ConcatFusion({"text": 8}, rank=3)
+
+
+def test_build_fusion_passes_only_declared_arguments(monkeypatch):
+    received = {}
+
+    class Recorder(ConcatFusion):
+        """Concat fusion that records the arguments it was built with."""
+
+        def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1,
+                     dropout: float = 0.1):
+            received.update(in_dims=in_dims, hidden_dim=hidden_dim, num_layers=num_layers, dropout=dropout)
+            super().__init__(in_dims, hidden_dim, num_layers, dropout)
+
+    monkeypatch.setitem(FUSIONS, "concat", Recorder)
+    config = FusionConfig(name="concat", hidden_dim=12, num_layers=2, dropout=0.25, rank=7, tensor_dim=5)
+    fields = {k: v for k, v in vars(config).items() if k != "name"}
+    fusion = build_fusion("concat", {"text": 8}, **fields)
+    assert isinstance(fusion, Recorder) and fusion.out_dim == 12
+    assert received == {"in_dims": {"text": 8}, "hidden_dim": 12, "num_layers": 2, "dropout": 0.25}
+
+
+def test_a_new_fusion_gets_exactly_its_declared_arguments(monkeypatch):
+    """A toy fusion with a hyper-parameter of its own: one registry entry and its constructor."""
+    calls = []
+
+    class Toy(torch.nn.Module):
+        def __init__(self, in_dims: dict[str, int], *, scale: float = 1.0, rank: int = 1):
+            super().__init__()
+            calls.append({"in_dims": in_dims, "scale": scale, "rank": rank})
+            self.modalities, self.scale, self.out_dim = sorted(in_dims), scale * rank, sum(in_dims.values())
+
+        def forward(self, outputs, present=None):
+            return self.scale * torch.cat([outputs[m].pooled for m in self.modalities], -1)
+
+    monkeypatch.setitem(FUSIONS, "toy", Toy)
+    fields = {k: v for k, v in vars(FusionConfig(rank=3)).items() if k != "name"}
+    fusion = build_fusion("toy", {"image": 6, "text": 8}, **fields, scale=0.5)
+    assert calls == [{"in_dims": {"image": 6, "text": 8}, "scale": 0.5, "rank": 3}]
+    outs = make_outputs({"image": 6, "text": 8})
+    assert torch.equal(fusion(outs), 1.5 * torch.cat([outs["image"].pooled, outs["text"].pooled], -1))
+    build_fusion("toy", {"text": 8})  # defaults where nothing is given
+    assert calls[-1] == {"in_dims": {"text": 8}, "scale": 1.0, "rank": 1}
+    with pytest.raises(TypeError, match=r"\['scal'\].*'toy'"):  # neither declared nor a config field
+        build_fusion("toy", {"text": 8}, scal=0.5)
+    with pytest.raises(ValueError, match=r"valid: \[.*'toy'"):
+        build_fusion("nope", {"text": 8})
 
 
 def xor_train_accuracy(name: str, steps: int = 100) -> float:

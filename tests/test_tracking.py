@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from wandb_reader import read_offline_history, read_records
 
-from mm import tracking
-from mm.tracking import Tracker, read_offline_history, resolve_mode
+from mm.tracking import Tracker, resolve_mode
 
 # (step, metrics) as a training loop would log them: train rows, then val rows at the same step.
 SCRIPT = [
@@ -64,7 +64,7 @@ def final_summary(wandb_dir: Path) -> dict:
     """The run summary, from the summary updates in the run's .wandb log."""
     (log_file,) = wandb_dir.glob("run-*.wandb")
     summary: dict = {}
-    for record in tracking._read_records(log_file):
+    for record in read_records(log_file):
         if record["type"] == "summary":
             summary.update(record["summary"]["update"])
     return summary
@@ -250,7 +250,7 @@ def test_context_manager_marks_a_failed_run(tmp_path):
         tracker.log({"a": 1.0}, step=0)
         raise KeyError("boom")
     (log_file,) = tracker.wandb_dir.glob("run-*.wandb")
-    exits = [r["exit"] for r in tracking._read_records(log_file) if r["type"] == "exit"]
+    exits = [r["exit"] for r in read_records(log_file) if r["type"] == "exit"]
     assert exits == [{"exit_code": 1}]
 
 

@@ -1,9 +1,10 @@
 """Fusion modules: ``(dict[str, EncoderOutput], presence masks) -> Tensor[B, out_dim]``.
 
 Every fusion iterates modalities in sorted order and keeps per-modality modules in an
-``nn.ModuleDict`` / ``nn.ParameterDict``, so results never depend on dict insertion order. Every
-fusion takes the same keyword arguments (all fields of ``FusionConfig`` but ``name``), ignoring
-those it does not use, so ``build_fusion`` can pass the whole config and a typo is still an error.
+``nn.ModuleDict`` / ``nn.ParameterDict``, so results never depend on dict insertion order. A fusion's
+constructor takes ``in_dims`` and declares only the hyper-parameters it uses; ``build_fusion`` hands
+it those of the ``FusionConfig`` fields it is given. A new hyper-parameter is therefore one
+``FusionConfig`` field plus the constructor argument of the fusion that uses it.
 
 - ``concat``: layer-normed pooled features concatenated, then an MLP (early fusion).
 - ``late``: per-modality MLPs averaged over present modalities; cannot model interactions.
@@ -11,20 +12,24 @@ those it does not use, so ``build_fusion`` can pass the whole config and a typo 
 - ``attention``: transformer over all modalities' tokens; output = a fusion token's state.
 - ``tensor``: Tensor Fusion Network, outer product of ``[h_m; 1]``, then an MLP.
 - ``lowrank``: Low-rank Multimodal Fusion, ``rank`` factorised terms of the tensor product.
+- ``text_tokens``: per text token, ``[B, T_text, out_dim]``, for the token head (NER).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
 
 from torch import nn
 
+from mm.config import FusionConfig
 from mm.fusion.attention import AttentionFusion
 from mm.fusion.base import mlp
 from mm.fusion.concat import ConcatFusion
 from mm.fusion.tensor import LowRankFusion, TensorFusion
+from mm.fusion.tokens import TextTokensFusion
 from mm.fusion.weighted import GatedFusion, LateFusion
-from mm.fusion_tokens import TextTokensFusion
 
 FUSIONS: dict[str, type[nn.Module]] = {
     "concat": ConcatFusion,
@@ -36,7 +41,11 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "text_tokens": TextTokensFusion,  # [B, T_text, D] for the token head
 }
 
+# The hyper-parameters a config may hold; each fusion receives those its constructor declares.
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FusionConfig)) - {"name"}
+
 __all__ = [
+    "CONFIG_FIELDS",
     "FUSIONS",
     "AttentionFusion",
     "ConcatFusion",
@@ -44,23 +53,38 @@ __all__ = [
     "LateFusion",
     "LowRankFusion",
     "TensorFusion",
+    "TextTokensFusion",
     "build_fusion",
+    "declared_arguments",
     "mlp",
 ]
 
 
-def build_fusion(name: str, in_dims: dict[str, int], **kwargs: Any) -> nn.Module:
-    """Build a fusion from the registry.
+def declared_arguments(fusion: type[nn.Module]) -> list[str]:
+    """The keyword arguments a fusion's constructor declares, in order, ``in_dims`` left out."""
+    params = list(inspect.signature(fusion).parameters.values())[1:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def build_fusion(name: str, in_dims: dict[str, int], **fields: Any) -> nn.Module:
+    """Build a fusion from the registry, passing it only the arguments its constructor declares.
 
     Args:
         name: one of ``FUSIONS``.
         in_dims: modality -> feature size of its encoder.
-        **kwargs: the fusion's keyword arguments (``hidden_dim``, ``num_layers``, ``dropout``, ``rank``,
-            ``num_heads``, ``late_weights``, ``tensor_dim``); an unknown one is a ``TypeError``.
+        **fields: any ``FusionConfig`` fields but ``name`` (``build_model`` passes them all) and any
+            argument the fusion declares; the fusion receives those it declares, so ``concat`` never
+            sees ``rank``. A name that is neither is a ``TypeError`` (a typo is never ignored).
 
     Returns:
         The fusion module; its output size is ``.out_dim``.
     """
     if name not in FUSIONS:
         raise ValueError(f"unknown fusion {name!r}; valid: {sorted(FUSIONS)}")
-    return FUSIONS[name](in_dims, **kwargs)
+    fusion = FUSIONS[name]
+    declared = declared_arguments(fusion)
+    unknown = sorted(set(fields) - set(declared) - CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown fusion argument(s) {unknown} for {name!r}; it takes {declared}, "
+                        f"FusionConfig has {sorted(CONFIG_FIELDS)}")
+    return fusion(in_dims, **{k: v for k, v in fields.items() if k in declared})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from einops import pack, rearrange, repeat
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
@@ -25,13 +26,12 @@ class AttentionFusion(nn.Module):
         num_layers: transformer layers (at least 1).
         dropout: dropout inside the transformer layers.
         num_heads: attention heads.
-        rank, late_weights, tensor_dim: unused (accepted so every fusion takes all of ``FusionConfig``).
 
     Output size ``out_dim``: ``hidden_dim``.
     """
 
     def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1,
-                 *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
+                 *, num_heads: int = 4):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"attention fusion needs num_layers >= 1, got {num_layers}")
@@ -52,13 +52,15 @@ class AttentionFusion(nn.Module):
     def forward(self, outputs: dict[str, EncoderOutput], present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         first = outputs[self.modalities[0]].tokens
         B = first.shape[0]
-        seq = [self.fusion_token.expand(B, 1, -1)]  # [B, 1, H]
+        seq = [repeat(self.fusion_token, "h -> b 1 h", b=B)]
         keep = [torch.ones(B, 1, dtype=torch.bool, device=first.device)]  # the fusion token is never padding
         for m in self.modalities:
             out = outputs[m]
-            tokens = self.proj[m](out.tokens) + self.modality_embedding[m]  # [B, T_m, D_m] -> [B, T_m, H]
-            seq.append(tokens.masked_fill(~out.mask.unsqueeze(-1), 0.0))
+            embedding = rearrange(self.modality_embedding[m], "h -> 1 1 h")  # the same for every token
+            tokens = self.proj[m](out.tokens) + embedding  # [B, T_m, D_m] -> [B, T_m, H]
+            seq.append(tokens.masked_fill(~rearrange(out.mask, "b t -> b t 1"), 0.0))
             keep.append(out.mask.to(torch.bool))
-        x = torch.cat([s.to(seq[-1].dtype) for s in seq], dim=1)  # [B, 1 + sum_m T_m, H]
-        padding = ~torch.cat(keep, dim=1)  # [B, 1 + sum_m T_m], True = ignore
+        x, _ = pack([s.to(seq[-1].dtype) for s in seq], "b * h")  # [B, 1 + sum_m T_m, H]
+        keep_all, _ = pack(keep, "b *")  # [B, 1 + sum_m T_m]
+        padding = ~keep_all  # True = ignore
         return self.encoder(x, src_key_padding_mask=padding)[:, 0]  # fusion token: [B, H]

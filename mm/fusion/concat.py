@@ -17,14 +17,11 @@ class ConcatFusion(nn.Module):
         hidden_dim: width of the MLP.
         num_layers: hidden layers of the MLP; 0 leaves the concatenation as it is.
         dropout: dropout after each hidden layer.
-        rank, num_heads, late_weights, tensor_dim: unused; every fusion accepts all fields of
-            ``FusionConfig`` so that ``build_fusion`` can pass them all.
 
     Output size ``out_dim``: ``hidden_dim`` if ``num_layers > 0`` else ``sum(in_dims.values())``.
     """
 
-    def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1,
-                 *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
+    def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1):
         super().__init__()
         self.modalities = sorted(in_dims)
         self.norms = nn.ModuleDict({m: nn.LayerNorm(in_dims[m]) for m in self.modalities})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
@@ -30,13 +31,12 @@ class TensorFusion(nn.Module):
         num_layers: hidden layers of the MLP; 0 leaves the flattened product as it is.
         dropout: dropout after each hidden layer.
         tensor_dim: size of each modality's projection before the product.
-        rank, num_heads, late_weights: unused (accepted so every fusion takes all of ``FusionConfig``).
 
     Output size ``out_dim``: ``hidden_dim`` if ``num_layers > 0`` else ``(tensor_dim + 1) ** M``.
     """
 
     def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1,
-                 *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
+                 *, tensor_dim: int = 8):
         super().__init__()
         self.modalities = sorted(in_dims)
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(in_dims[m]), nn.Linear(in_dims[m], tensor_dim))
@@ -51,8 +51,8 @@ class TensorFusion(nn.Module):
             z = _with_one(self.proj[m](outputs[m].pooled))  # [B, d + 1]
             if fused is None:
                 fused = z
-            else:  # [B, (d+1)^k] x [B, d+1] -> [B, (d+1)^k, d+1] -> [B, (d+1)^(k+1)]
-                fused = torch.einsum("bi,bj->bij", fused, z).flatten(1)
+            else:  # [B, (d+1)^k] x [B, d+1] -> [B, (d+1)^(k+1)], earlier modalities slowest
+                fused = rearrange(torch.einsum("bi,bj->bij", fused, z), "b i j -> b (i j)")
         assert fused is not None
         return fused
 
@@ -79,14 +79,13 @@ class LowRankFusion(nn.Module):
         num_layers: hidden layers of the MLP after the fusion.
         dropout: dropout after each hidden layer.
         rank: number of rank-1 terms.
-        num_heads, late_weights, tensor_dim: unused (accepted so every fusion takes all of ``FusionConfig``).
 
     Output size ``out_dim``: ``hidden_dim``. Fusion parameters:
     ``sum_m (2 D_m + rank (D_m + 1) hidden_dim) + rank + hidden_dim`` (layer norms, factors, ``w``, ``b``).
     """
 
     def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1,
-                 *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
+                 *, rank: int = 4):
         super().__init__()
         if rank < 1:
             raise ValueError(f"lowrank fusion needs rank >= 1, got {rank}")

@@ -6,6 +6,7 @@ Absent modalities get weight exactly 0, so their (missing-embedding) features ne
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
@@ -34,13 +35,12 @@ class LateFusion(nn.Module):
         num_layers: hidden layers of each per-modality MLP.
         dropout: dropout after each hidden layer.
         late_weights: ``"mean"`` or ``"learned"``.
-        rank, num_heads, tensor_dim: unused (accepted so every fusion takes all of ``FusionConfig``).
 
     Output size ``out_dim``: ``hidden_dim``.
     """
 
     def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1,
-                 *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
+                 *, late_weights: str = "mean"):
         super().__init__()
         if late_weights not in LATE_WEIGHTS:
             raise ValueError(f"unknown late_weights {late_weights!r}; valid: {list(LATE_WEIGHTS)}")
@@ -77,23 +77,20 @@ class GatedFusion(nn.Module):
     With a single modality there is nothing to gate and no gate.
 
     Why per feature: a single scalar gate per modality makes the fused vector a convex mix of whole
-    modality vectors, and on a task that needs both modalities it was seen to collapse onto one of them
-    (text+image ``color_animal`` at 0.29 accuracy against a ceiling of 1.0); per-feature gates let some
-    features carry one modality and others another.
+    modality vectors, and on a task that needs both modalities (text+image ``color_animal``) it was seen
+    to collapse onto one of them; per-feature gates let some features carry one modality and others
+    another.
 
     Args:
         in_dims: modality -> pooled feature size.
         hidden_dim: size of the projections, the gates and the MLP.
         num_layers: hidden layers of the MLP after the weighted sum (0: none).
         dropout: dropout after each hidden layer.
-        rank, num_heads, late_weights, tensor_dim: unused (accepted so every fusion takes all of
-            ``FusionConfig``).
 
     Output size ``out_dim``: ``hidden_dim``.
     """
 
-    def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1,
-                 *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
+    def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1):
         super().__init__()
         self.modalities = sorted(in_dims)
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(in_dims[m]), nn.Linear(in_dims[m], hidden_dim),
@@ -118,7 +115,9 @@ class GatedFusion(nn.Module):
             scores = torch.stack([self.gates[m](feats[:, i]) for i, m in enumerate(self.modalities)], dim=1)
         else:
             scores = torch.zeros_like(feats)  # [B, M, H]
-        weights = masked_softmax(scores.transpose(1, 2), mask[:, None, :]).transpose(1, 2)  # [B, M, H]
+        # Softmax over the modalities, separately for every feature.
+        weights = masked_softmax(rearrange(scores, "b m h -> b h m"), rearrange(mask, "b m -> b 1 m"))
+        weights = rearrange(weights, "b h m -> b m h")
         return (weights.to(feats.dtype) * feats).sum(1), weights  # [B, H], [B, M, H]
 
     def forward(self, outputs: dict[str, EncoderOutput], present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -8,6 +8,7 @@ attends to the tokens of the other modalities.
 from __future__ import annotations
 
 import torch
+from einops import pack
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
@@ -43,13 +44,12 @@ class TextTokensFusion(nn.Module):
         num_layers: cross-attention layers.
         dropout: dropout after the projection and on the attention.
         num_heads: attention heads.
-        rank, late_weights, tensor_dim: unused (accepted so every fusion takes all of ``FusionConfig``).
 
     Output size ``out_dim``: ``hidden_dim``.
     """
 
     def __init__(self, in_dims: dict[str, int], hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1,
-                 *, rank: int = 4, num_heads: int = 4, late_weights: str = "mean", tensor_dim: int = 8):
+                 *, num_heads: int = 4):
         super().__init__()
         if "text" not in in_dims:
             raise ValueError(f"text_tokens fusion needs the text modality, got {sorted(in_dims)}")
@@ -68,8 +68,10 @@ class TextTokensFusion(nn.Module):
         x = self.dropout(self.project(outputs["text"].tokens))  # [B, T_text, D_text] -> [B, T_text, H]
         if not self.layers:
             return x
-        context = torch.cat([self.context[m](outputs[m].tokens).to(x.dtype) for m in self.others], dim=1)  # [B, S, H]
-        padding = ~torch.cat([outputs[m].mask.to(torch.bool) for m in self.others], dim=1)  # [B, S], True = ignore
+        # The other modalities' tokens, one after another: S = sum_m T_m.
+        context, _ = pack([self.context[m](outputs[m].tokens).to(x.dtype) for m in self.others], "b * h")  # [B, S, H]
+        keep, _ = pack([outputs[m].mask.to(torch.bool) for m in self.others], "b *")  # [B, S]
+        padding = ~keep  # True = ignore
         # A sample with no context token at all (never after fill_missing) keeps its first one, so
         # that attention is never over an empty set (which gives NaN).
         padding[:, 0] &= ~padding.all(dim=1)
