@@ -7,6 +7,11 @@
 Batch mode reads a JSONL manifest (rows with text / image / audio, media paths relative to the
 manifest's folder; labels are not needed) and writes one JSON line per row: its id, the
 prediction decoded to class names and the class probabilities. Single-example mode prints one line.
+
+A token-tagging run (``head.name=token``) tags the words of ``--text`` split at whitespace (manifest
+rows hold them under ``tokens``) and prints ``{"id", "tokens", "prediction"}``, one tag per word:
+
+    python scripts/predict.py RUN_DIR --text "Peter Blackburn flew to Paris ."
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, root = read_manifest(args.input), args.input.parent
     else:
         rows = [{k: str(v.resolve()) if isinstance(v, Path) else v for k, v in single.items()}]
+        if args.text is not None:
+            rows[0]["tokens"] = args.text.split()  # the words a token-tagging run tags; other heads ignore them
         rows[0]["_where"] = "command line"
         root = Path.cwd()
     out = args.output.open("w") if args.output else sys.stdout

@@ -47,26 +47,49 @@ class TextEncoder(Encoder):
         source: alias (``minilm``, ``tiny-bert``), hub id (``bert-base-uncased``) or a local folder
             holding a ``save_pretrained`` checkpoint with its tokenizer. Never runs remote code.
         trainable: ``frozen`` or ``full``.
-        max_length: tokens per text, longer texts are truncated.
+        max_length: word pieces per text (with the special tokens). ``tokenize`` (classification
+            and the other pooled heads) truncates longer texts; ``tokenize_words`` (token tagging)
+            never truncates: ``encode`` reads a longer sentence in overlapping windows.
         pooling: ``mean`` (masked mean over real tokens, as sentence-transformers models such as
             all-MiniLM-L6-v2 were trained) or ``cls`` (the first token's final state).
+        stride: word pieces shared by consecutive windows over a sequence longer than the window
+            (``max_length``, or the backbone's position limit if smaller), as the ``stride`` of
+            Hugging Face tokenizers and of the NER pipeline; capped at half a window.
     """
 
-    def __init__(self, source: str, trainable: str = "frozen", max_length: int = 64, pooling: str = "mean"):
+    def __init__(self, source: str, trainable: str = "frozen", max_length: int = 64, pooling: str = "mean",
+                 stride: int = 16):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
+        if stride < 0:
+            raise ValueError(f"stride must be >= 0, got {stride}")
         path = resolve_source(source)
         self.source = source
         self.max_length = max_length
         self.pooling = pooling
+        self.stride = stride
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.backbone = load_text_backbone(path)
         self.out_dim = self.backbone.config.hidden_size
+        # One window: max_length pieces, never more than the backbone has positions for (RoBERTa's
+        # offset positions are covered by its tokenizer's model_max_length).
+        limits = (max_length, self.tokenizer.model_max_length, getattr(self.backbone.config, "max_position_embeddings", None))
+        self.window = min(n for n in limits if n)
+        # The special tokens a single sequence gets before and after its pieces ([CLS] / [SEP] for BERT).
+        special = self.tokenizer("a", return_special_tokens_mask=True)["special_tokens_mask"]  # BERT: [1, 0, 1]
+        self.n_prefix = special.index(0)
+        self.n_suffix = special[::-1].index(0)
+        if self.window - self.n_prefix - self.n_suffix < 1:
+            raise ValueError(f"max_length={max_length} leaves no room for text beside the special tokens")
         self.set_trainable(trainable)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch, padded to its longest text and truncated at ``max_length``.
+
+        Truncation is deliberate here: a pooled head (classification, multilabel, regression)
+        reads one vector per text, and the first ``max_length`` pieces are what it was tuned on.
+        Token tagging uses ``tokenize_words``, which never truncates.
 
         Returns:
             ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` where the model uses
@@ -83,7 +106,10 @@ class TextEncoder(Encoder):
         )
 
     def tokenize_words(self, words_batch: list[list[str]]) -> tuple[dict[str, torch.Tensor], list[list[int | None]]]:
-        """Tokenize pre-split words (token tagging), padded and truncated like ``tokenize``.
+        """Tokenize pre-split words (token tagging), padded to the longest sentence, never truncated.
+
+        Every word keeps its pieces, so every word gets a prediction: a sentence longer than the
+        window is read by ``encode`` in overlapping windows.
 
         Returns:
             The encoding (as ``tokenize``) and, per sample, the word index of every word piece
@@ -95,17 +121,79 @@ class TextEncoder(Encoder):
             [list(words) for words in words_batch],
             is_split_into_words=True,
             padding="longest",
-            truncation=True,
-            max_length=self.max_length,
+            truncation=False,
             return_tensors="pt",
+            verbose=False,  # no "longer than the maximum" warning: encode reads long sentences in windows
         )
         return dict(encoding), [encoding.word_ids(i) for i in range(len(words_batch))]
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        """Per-piece features ``[B, T, D]`` of a batch, read in overlapping windows when ``T`` exceeds
+        the window (see ``encode_windows``); a batch that fits runs through the backbone as it is."""
         model_inputs = {
             k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs
         }
-        tokens = self.backbone(**model_inputs).last_hidden_state  # [B, T, D]
         mask = inputs["attention_mask"].bool()
+        if mask.shape[1] <= self.window:
+            tokens = self.backbone(**model_inputs).last_hidden_state  # [B, T, D]
+        else:
+            tokens = self.encode_windows(model_inputs)
         pooled = masked_mean(tokens, mask) if self.pooling == "mean" else tokens[:, 0]
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
+
+    def encode_windows(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The backbone over overlapping windows of a batch longer than ``self.window``, stitched back.
+
+        Each row's pieces (those between its own special tokens) are cut into windows of at most
+        ``window`` positions, special tokens included: every window gets the row's [CLS] and [SEP]
+        around its pieces and restarts at position 0, so BERT reads each window as it read its
+        pretraining sequences. Consecutive windows share ``stride`` pieces (at most half a window).
+        Each piece takes its output from the window where it is most central (most context on its
+        nearer side; ties go to the earlier window), the row's [CLS] from its first window and its
+        [SEP] from its last. Padding positions get zeros. A row that fits one window is read exactly
+        as without windows (up to the padding of the batch).
+
+        Returns:
+            ``[B, T, D]``, aligned with the positions of ``inputs``.
+        """
+        ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        pre, suf, size = self.n_prefix, self.n_suffix, self.window
+        width = size - pre - suf  # text pieces per window
+        step = width - min(self.stride, width // 2)
+        positions: list[torch.Tensor] = []  # per window: the positions of its row that it reads
+        rows: list[int] = []
+        source = torch.full(ids.shape, -1, dtype=torch.long)  # [B, T]: window * size + place in it; -1 padding
+        for b, row_mask in enumerate(attention.bool().cpu()):
+            real = row_mask.nonzero().squeeze(1)
+            prefix, text, suffix = real[:pre], real[pre : len(real) - suf], real[len(real) - suf :]
+            best = torch.full((len(text),), -1)  # how central each piece is in the window it comes from
+            start = 0
+            while True:
+                end = min(start + width, len(text))
+                w, j = len(positions), torch.arange(end - start)
+                positions.append(torch.cat([prefix, text[start:end], suffix]))
+                rows.append(b)
+                centrality = torch.minimum(j, end - start - 1 - j)
+                better = centrality > best[start:end]
+                best[start:end][better] = centrality[better]
+                source[b, text[start:end][better]] = w * size + pre + j[better]
+                if start == 0:
+                    source[b, prefix] = w * size + torch.arange(pre)
+                if end == len(text):
+                    source[b, suffix] = w * size + pre + (end - start) + torch.arange(suf)
+                    break
+                start += step
+        # The windows as one batch [N, size], right-padded; then the backbone over all of them.
+        index = torch.full((len(positions), size), -1, dtype=torch.long)
+        for w, pos in enumerate(positions):
+            index[w, : len(pos)] = pos
+        index, row_of = index.to(ids.device), torch.tensor(rows, device=ids.device)[:, None]
+        valid = index >= 0
+        window_inputs = {"input_ids": ids[row_of, index.clamp_min(0)].masked_fill(~valid, self.tokenizer.pad_token_id or 0),
+                         "attention_mask": valid.to(attention.dtype)}
+        if "token_type_ids" in inputs:
+            window_inputs["token_type_ids"] = inputs["token_type_ids"][row_of, index.clamp_min(0)].masked_fill(~valid, 0)
+        out = self.backbone(**window_inputs).last_hidden_state  # [N, size, D]
+        source = source.to(ids.device)
+        tokens = out.flatten(0, 1)[source.clamp_min(0)]  # [N * size, D] -> [B, T, D]
+        return tokens.masked_fill((source < 0)[..., None], 0.0)
