@@ -80,6 +80,7 @@ class ImageEncoderConfig(PolicyConfig):
     input_size: int = 0  # side in pixels the pictures are resized to; 0 = the checkpoint's own
     augment: str = "none"  # training-time augmentation: none | light | rand (RandAugment)
     hflip: float = 0.5  # horizontal-flip probability when augmenting
+    pretrained: bool = True  # false: the source's architecture from random weights (from scratch)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class AudioEncoderConfig(PolicyConfig):
     gain_db: float = 0.0  # training: random gain within +-gain_db
     shift_s: float = 0.0  # training: random circular time shift within +-shift_s seconds
     snr_db: list[float] = field(default_factory=list)  # training: [low, high] SNR of added white noise
+    pretrained: bool = True  # spectrogram, false: the source's architecture from random weights
 
 
 @dataclass

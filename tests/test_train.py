@@ -100,10 +100,15 @@ def test_wandb_offline_history_equals_metrics_jsonl(learned):
         assert {k: v for k, v in w.items() if k in j} == {k: v for k, v in j.items() if k != "step"}
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("augment", [[], ["encoders.image.augment=rand", "data.num_workers=2"]],
+                         ids=["plain", "augmented-2-workers"])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch, augment):
     args = ["train.max_steps=12", "train.eval_every=4", "encoders.text.source=tiny-bert",
-            "encoders.text.trainable=full", "data.synthetic.n_train=192"]
+            "encoders.text.trainable=full", "data.synthetic.n_train=192", *augment]
     full = mm_train.train(small_cfg(tmp_path / "a", *args))
+    if augment:  # augmentation really ran: the same run without it ends elsewhere
+        plain = mm_train.train(small_cfg(tmp_path / "c", *args[:-2]))
+        assert plain["val"]["loss"] != full["val"]["loss"]
 
     calls = {"n": 0}
     real_step = mm_train.train_step

@@ -80,13 +80,15 @@ def _check_weights_cover(backbone: nn.Module, weights: Path) -> None:
 AUGMENTS = ("none", "light", "rand")
 
 
-def create_backbone(source: str, model_args: dict[str, Any] | None = None) -> nn.Module:
+def create_backbone(source: str, model_args: dict[str, Any] | None = None, pretrained: bool = True) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``) loaded from any image source.
 
     Args:
         source: alias, timm name, hub id, local folder or ``arch@file`` (``parse_image_source``).
         model_args: extra ``timm.create_model`` arguments (``in_chans=1`` adapts a pretrained stem
             to one-channel inputs by summing its RGB filters, as timm does for spectrograms).
+        pretrained: False builds the same architecture with random weights (the from-scratch
+            side of a transfer comparison); the source's preprocessing config is kept.
 
     Raises:
         ValueError: a local checkpoint does not cover every backbone weight.
@@ -97,7 +99,9 @@ def create_backbone(source: str, model_args: dict[str, Any] | None = None) -> nn
         if not weights_file.is_file():
             raise FileNotFoundError(f"image weights file not found: {weights_file}")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights_file))
-    backbone = timm.create_model(model_name, pretrained=True, num_classes=0, **kwargs)
+    backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+    if not pretrained:
+        return backbone
     if weights_file is not None:
         _check_weights_cover(backbone, weights_file)
     elif model_name.startswith("local-dir:"):
@@ -130,6 +134,7 @@ class ImageEncoder(Encoder):
         augment: training-time augmentation: ``none``, ``light`` (random-resized crop of 60-100 %
             of the area, random erasing 25 %) or ``rand`` (``light`` + RandAugment m9).
         hflip: probability of a horizontal flip when augmenting (0 for digits, text, ...).
+        pretrained: False: the source's architecture with random weights (training from scratch).
 
     Attributes:
         transform: PIL image -> ``Tensor[3, H, W]``, the checkpoint's evaluation preprocessing.
@@ -141,12 +146,12 @@ class ImageEncoder(Encoder):
     media = True
 
     def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None,
-                 input_size: int = 0, augment: str = "none", hflip: float = 0.5):
+                 input_size: int = 0, augment: str = "none", hflip: float = 0.5, pretrained: bool = True):
         super().__init__()
         if augment not in AUGMENTS:
             raise ValueError(f"unknown image augment {augment!r}; valid: {list(AUGMENTS)}")
         self.source = source
-        self.backbone = create_backbone(source, model_args)
+        self.backbone = create_backbone(source, model_args, pretrained)
         self.data_config = timm.data.resolve_data_config({}, model=self.backbone)
         if input_size:
             self.data_config.update(input_size=(3, input_size, input_size), crop_pct=1.0)

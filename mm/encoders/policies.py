@@ -6,7 +6,8 @@
 - ``last_n``: the top ``n`` blocks plus the final norm train.
 - ``gradual``: starts frozen; ``thaw(encoder, k)`` opens the top ``k`` blocks (``k > blocks``
   also opens the embeddings), driven by the training loop on a step or epoch schedule.
-- ``lora``: low-rank adapters (peft) on the attention projections; the base weights stay frozen.
+- ``lora``: low-rank adapters (peft) on the attention projections (on a CNN such as EfficientNet,
+  the pointwise convolutions); the base weights stay frozen.
 - ``full``: everything trains (wav2vec2's convolutional feature encoder stays frozen when
   ``freeze_feature_encoder`` is set).
 """
@@ -25,6 +26,7 @@ LORA_TARGETS = {
     "bert": ["query", "value"],  # transformers BertSelfAttention
     "vit": ["qkv"],  # timm Attention (fused q, k, v)
     "wav2vec2": ["q_proj", "v_proj"],  # transformers Wav2Vec2Attention
+    "efficientnet": ["conv_pw", "conv_pwl"],  # timm EfficientNet blocks' pointwise (1x1) convolutions
 }
 
 

@@ -53,6 +53,7 @@ class SpectrogramEncoder(Encoder):
         spec_augment: training-time SpecAugment: two frequency masks of up to ``n_mels // 8`` bins
             and two time masks of up to 10 % of the frames.
         gain_db, shift_s, snr_db: training-time wave augmentation (``mm.encoders.wave.WaveAugment``).
+        pretrained: False: the source's architecture with random weights (training from scratch).
     """
 
     modality = "audio"
@@ -61,10 +62,10 @@ class SpectrogramEncoder(Encoder):
     def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None,
                  sample_rate: int = 16000, n_mels: int = 64, max_seconds: float = 10.0,
                  spec_augment: bool = False, gain_db: float = 0.0, shift_s: float = 0.0,
-                 snr_db: tuple[float, ...] = ()):
+                 snr_db: tuple[float, ...] = (), pretrained: bool = True):
         super().__init__()
         self.source = source
-        self.backbone = create_backbone(source, {**(model_args or {}), "in_chans": 1})
+        self.backbone = create_backbone(source, {**(model_args or {}), "in_chans": 1}, pretrained)
         self.sample_rate, self.n_mels = sample_rate, n_mels
         self.win, self.hop = int(0.025 * sample_rate), int(0.010 * sample_rate)
         self.max_samples = int(max_seconds * sample_rate)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
+import transformers
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -57,6 +63,8 @@ class TextEncoder(Encoder):
             Hugging Face tokenizers and of the NER pipeline; capped at half a window.
     """
 
+    modality = "text"
+
     def __init__(self, source: str, trainable: str = "frozen", max_length: int = 64, pooling: str = "mean",
                  stride: int = 16):
         super().__init__()
@@ -83,6 +91,40 @@ class TextEncoder(Encoder):
         if self.window - self.n_prefix - self.n_suffix < 1:
             raise ValueError(f"max_length={max_length} leaves no room for text beside the special tokens")
         self.set_trainable(trainable)
+
+    def load(self, value: Any, root: Path, train: bool = False) -> str:
+        return str(value)
+
+    def collate(self, values: list[str | None]) -> dict[str, torch.Tensor]:
+        """``tokenize``; a missing text is the empty string ([CLS] [SEP])."""
+        return self.tokenize(["" if v is None else v for v in values])
+
+    def fingerprint(self) -> dict[str, Any]:
+        tok = self.tokenizer
+        if tok.is_fast:
+            # The serialized pipeline opens with the truncation and padding state the last call left
+            # behind; from "added_tokens" on it is the tokenizer itself (vocabulary, normalizer, ...).
+            pipeline = tok.backend_tokenizer.to_str()
+            vocab = pipeline[pipeline.find('"added_tokens"'):]
+        else:
+            vocab = json.dumps(sorted(tok.get_vocab().items()))
+        return {"tokenizer": repr(tok), "vocab": hashlib.sha256(vocab.encode()).hexdigest(),
+                "max_length": self.max_length, "stride": self.stride, "pooling": self.pooling, "library": transformers.__version__}
+
+    def corrupt(self, inputs: dict[str, torch.Tensor], strength: float,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Each real, non-special token replaced by a random vocabulary token with probability ``strength``."""
+        if strength == 0:
+            return inputs
+        ids = inputs["input_ids"]
+        special = torch.isin(ids, torch.tensor(self.tokenizer.all_special_ids))
+        flip = (torch.rand(ids.shape, generator=generator) < strength) & inputs["attention_mask"].bool() & ~special
+        random_ids = torch.randint(0, self.tokenizer.vocab_size, ids.shape, generator=generator)
+        return {**inputs, "input_ids": torch.where(flip, random_ids, ids)}
+
+    def export(self, out_dir: Path, backbone: nn.Module) -> None:
+        backbone.save_pretrained(out_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch, padded to its longest text and truncated at ``max_length``.
