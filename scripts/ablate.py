@@ -10,8 +10,8 @@ Examples:
     python scripts/ablate.py configs/ablations/transfer.yaml --sweep sweep.yaml   # then: wandb sweep sweep.yaml
 
 Rerunning the same command after an interruption finishes the grid: cells already done are
-skipped. The grid file format and the output folder are described in ``mm/ablate.py``. Exit
-status: 0 when every cell finished, 1 when a cell failed, 2 on an invalid grid or config.
+skipped. The grid file format and the output folder are described in ``mm/experiments/grids.py``.
+Exit status: 0 when every cell finished, 1 when a cell failed, 2 on an invalid grid or config.
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm.ablate import expand, load_grid, run_grid, sweep_config  # noqa: E402
 from mm.config import ConfigError, load_config  # noqa: E402
+from mm.experiments.grids import expand, load_grid, run_grid, sweep_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run an ablation grid (mm). Dotted key=value overrides apply to every cell.",
-        epilog="Grid file format: see mm/ablate.py.",
+        epilog="Grid file format: see mm/experiments/grids.py.",
     )
     parser.add_argument("grid", help="grid YAML file, e.g. configs/ablations/modalities_fusion.yaml")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/ablations/<grid name>)")
     parser.add_argument("--workers", type=int, default=1, help="cells run in parallel, as subprocesses")
-    parser.add_argument("--subprocess", action="store_true", help="run each cell as scripts/train.py")
+    parser.add_argument("--subprocess", action="store_true", help="run each cell as python -m mm.experiments.cell")
     parser.add_argument("--dry-run", action="store_true", help="print the cells and exit")
     parser.add_argument("--sweep", type=Path, metavar="FILE", help="write the grid as a W&B sweep YAML and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every cell, e.g. train.epochs=1")

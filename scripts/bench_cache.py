@@ -5,7 +5,7 @@
 
 The grid is fusion in {concat, late, gated, attention, tensor, lowrank} x seeds {0, 1} on the
 synthetic color_animal task, with frozen MiniLM for text and the frozen tiny-vit for images, run
-in-process through ``mm.ablate`` twice in this one process: with ``data.cache_features=auto``
+in-process through ``mm.experiments.grids`` twice in this one process: with ``data.cache_features=auto``
 starting from an empty feature cache (so its time includes building the cache), then with
 ``data.cache_features=off``. Both run after the same warm-up (data generated, imports and weights
 loaded), the cached grid first, so the uncached one finds the image files in the page cache. It
@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(mode: str, overrides: list[str], out: Path) -> tuple[float, dict[str, dict[str, Any]]]:
     """Run the grid with ``data.cache_features=<mode>``; return its wall time and each cell's results."""
-    from mm.ablate import Grid, expand, run_grid
+    from mm.experiments.grids import expand, run_grid
+    from mm.experiments.spec import Grid
 
     grid = Grid(path=Path("bench_cache"), name=f"bench_cache_{mode}", base=None,
                 overrides=[*overrides, f"data.cache_features={mode}"], grid={"fusion.name": FUSIONS}, seeds=[0, 1])

@@ -10,8 +10,8 @@ Examples:
 Writes results.csv (one row per run), summary.csv and summary.md (mean ± std over seeds) and
 curve.png into DIR (default: runs/curves/<curve name>), and logs them to a W&B summary run.
 Rerunning the same command after an interruption finishes the curve: finished runs are skipped.
-The curve file format is described in ``mm/curves.py``. Exit status: 0 when every run finished,
-1 when a run failed, 2 on an invalid curve file or config.
+The curve file format is described in ``mm/experiments/curves.py``. Exit status: 0 when every
+run finished, 1 when a run failed, 2 on an invalid curve file or config.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mm.config import ConfigError  # noqa: E402
-from mm.curves import expand, load_curve, run_curve  # noqa: E402
+from mm.experiments.curves import expand, load_curve, run_curve  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run a learning curve (mm). Dotted key=value overrides apply to every run.",
-        epilog="Curve file format: see mm/curves.py.",
+        epilog="Curve file format: see mm/experiments/curves.py.",
     )
     parser.add_argument("curve", help="curve YAML file, e.g. configs/curves/capacity.yaml")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/curves/<curve name>)")

@@ -15,9 +15,10 @@ import yaml
 from wandb_reader import read_offline_history, read_records
 
 import mm.train as mm_train
-from mm import ablate
 from mm.config import ConfigError, load_config
 from mm.data.synthetic import ceiling
+from mm.experiments import grids
+from mm.experiments.spec import MAX_NAME, cell_name
 from mm.fusion import FUSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +64,9 @@ def grid_file(tmp_path_factory) -> Path:
     return write_grid(tmp_path_factory.mktemp("grid") / "tiny.yaml")
 
 
-def run(grid_file: Path, out: Path) -> ablate.GridRun:
-    grid = ablate.load_grid(grid_file)
-    return ablate.run_grid(grid, ablate.expand(grid, out), out, log=lambda line: None)
+def run(grid_file: Path, out: Path) -> grids.GridRun:
+    grid = grids.load_grid(grid_file)
+    return grids.run_grid(grid, grids.expand(grid, out), out, log=lambda line: None)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -109,8 +110,8 @@ def wandb_run(run_dir: Path) -> tuple[str, str, str]:
 
 
 def test_expansion_order_names_and_cell_configs(grid_file, tmp_path):
-    grid = ablate.load_grid(grid_file)
-    cells = ablate.expand(grid, tmp_path)
+    grid = grids.load_grid(grid_file)
+    cells = grids.expand(grid, tmp_path)
     assert [c.name for c in cells] == NAMES
     cfg = cells[2].cfg
     assert (cfg.fusion.hidden_dim, cfg.seed, cfg.name) == (32, 0, NAMES[2])
@@ -118,29 +119,29 @@ def test_expansion_order_names_and_cell_configs(grid_file, tmp_path):
     assert (cfg.wandb.group, cfg.wandb.job_type, cfg.encoders.text.source) == ("tiny", "ablation", "tiny-bert")
 
     no_modalities = [o for o in TINY if not o.startswith("data.modalities")]
-    two = ablate.load_grid(write_grid(tmp_path / "two.yaml", seeds=[3], overrides=no_modalities,
-                                      grid={"data.modalities": [["text"], ["text", "image"]],
-                                            "fusion.name": ["concat", "late"]}), ["optim.lr=0.01"])
-    cells = ablate.expand(two, tmp_path)
+    two = grids.load_grid(write_grid(tmp_path / "two.yaml", seeds=[3], overrides=no_modalities,
+                                     grid={"data.modalities": [["text"], ["text", "image"]],
+                                           "fusion.name": ["concat", "late"]}), ["optim.lr=0.01"])
+    cells = grids.expand(two, tmp_path)
     assert [c.name for c in cells] == [
         "data.modalities=text__fusion.name=concat__seed=3", "data.modalities=text__fusion.name=late__seed=3",
         "data.modalities=text+image__fusion.name=concat__seed=3", "data.modalities=text+image__fusion.name=late__seed=3",
     ]
     assert cells[3].cfg.data.modalities == ["text", "image"] and cells[3].cfg.optim.lr == 0.01
     (tmp_path / "base.yaml").write_text("fusion: {dropout: 0.0}\noptim: {lr: 0.5}\n")
-    based = ablate.expand(ablate.load_grid(write_grid(tmp_path / "based.yaml", base="base.yaml")), tmp_path)
+    based = grids.expand(grids.load_grid(write_grid(tmp_path / "based.yaml", base="base.yaml")), tmp_path)
     assert {(c.cfg.fusion.dropout, c.cfg.optim.lr) for c in based} == {(0.0, 0.5)}  # base beside the grid file
     clash = write_grid(tmp_path / "clash.yaml", grid={"data.modalities": [["text"]]})
     with pytest.raises(ConfigError, match=r"clash\.yaml: grid key 'data.modalities' is also an override"):
-        ablate.load_grid(clash)
+        grids.load_grid(clash)
 
 
 def test_long_names_are_hashed_and_safe():
-    a = ablate.cell_name({"encoders.image.source": "/data/" + "x" * 200 + "/a"}, 0)
-    b = ablate.cell_name({"encoders.image.source": "/data/" + "x" * 200 + "/b"}, 0)
-    assert a != b and len(a) == len(b) == ablate.MAX_NAME + len("__seed=0")
+    a = cell_name({"encoders.image.source": "/data/" + "x" * 200 + "/a"}, 0)
+    b = cell_name({"encoders.image.source": "/data/" + "x" * 200 + "/b"}, 0)
+    assert a != b and len(a) == len(b) == MAX_NAME + len("__seed=0")
     assert a.startswith("encoders.image.source=-data-xxx") and a.endswith("__seed=0")
-    assert a == ablate.cell_name({"encoders.image.source": "/data/" + "x" * 200 + "/a"}, 0)
+    assert a == cell_name({"encoders.image.source": "/data/" + "x" * 200 + "/a"}, 0)
 
 
 def test_results_csv_rows_and_columns(reference):
@@ -234,17 +235,17 @@ def test_cli_exits_1_when_a_cell_failed(grid_file, tmp_path, monkeypatch):
 def test_grid_errors_name_the_key_and_file(tmp_path, monkeypatch):
     bad_key = write_grid(tmp_path / "bad_key.yaml", grid={"fusion.hidden_dimm": [16]})
     with pytest.raises(ConfigError, match=r"bad_key\.yaml.*fusion\.hidden_dimm"):
-        ablate.expand(ablate.load_grid(bad_key), tmp_path)
+        grids.expand(grids.load_grid(bad_key), tmp_path)
     seed = write_grid(tmp_path / "seed.yaml", grid={"seed": [0, 1]})
     with pytest.raises(ConfigError, match=r"seed\.yaml: 'seed' is set by the runner for each cell \(use 'seeds:'\)"):
-        ablate.load_grid(seed)
+        grids.load_grid(seed)
     top = write_grid(tmp_path / "top.yaml", seed=[0])
     with pytest.raises(ConfigError, match=r"top\.yaml: unknown top-level key 'seed'"):
-        ablate.load_grid(top)
+        grids.load_grid(top)
     bad_value = write_grid(tmp_path / "bad_value.yaml", grid={"fusion.name": ["concat", "nope"]})
     monkeypatch.setattr(mm_train, "train", lambda cfg: pytest.fail("a cell ran before validation"))
     with pytest.raises(ConfigError, match=r"bad_value\.yaml: cell fusion\.name=nope__seed=0: .*'fusion\.name'"):
-        ablate.expand(ablate.load_grid(bad_value), tmp_path)
+        grids.expand(grids.load_grid(bad_value), tmp_path)
     assert load_script("ablate").main([str(bad_value), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
 
@@ -263,7 +264,7 @@ def test_sweep_export_gives_the_cells_configs(grid_file, tmp_path):
 
     # What `wandb agent` would run for each grid point is the cell's config (run name and folder aside).
     train_cli = load_script("train")
-    cells = ablate.expand(ablate.load_grid(grid_file, ["train.epochs=1"]), tmp_path)
+    cells = grids.expand(grids.load_grid(grid_file, ["train.epochs=1"]), tmp_path)
     keys = list(spec["parameters"])
     for cell, combo in zip(cells, itertools.product(*(spec["parameters"][k]["values"] for k in keys)), strict=True):
         args = create_sweep_command_args({"args": {k: {"value": v} for k, v in zip(keys, combo, strict=True)}})
@@ -283,8 +284,8 @@ def test_dry_run_prints_cells(grid_file, tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "ablations").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_grids_load_and_every_cell_validates(path, tmp_path):
     assert path.read_text().splitlines()[0] == f"# python scripts/ablate.py configs/ablations/{path.name}"
-    grid = ablate.load_grid(path)
-    cells = ablate.expand(grid, tmp_path)
+    grid = grids.load_grid(path)
+    cells = grids.expand(grid, tmp_path)
     assert len(cells) == len(grid.seeds) * len(list(itertools.product(*grid.grid.values())))
     assert grid.ceilings and grid.seeds and grid.seeds == sorted(set(grid.seeds))
     expected_tasks = {"color_animal", "match"} if path.stem == "fusion_tasks" else {"color_animal"}

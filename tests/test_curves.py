@@ -14,11 +14,12 @@ import torch
 import yaml
 
 import mm.train as mm_train
-from mm import curves
+from mm import runtime
 from mm.config import ConfigError, load_config
 from mm.data import build_splits
 from mm.data.collate import Collator
 from mm.evaluation import load_run
+from mm.experiments import curves
 from mm.labels import build_codec
 from mm.model import build_model
 
@@ -141,7 +142,7 @@ def test_train_error_is_the_best_checkpoint_on_the_runs_training_examples(data, 
     row = next(r for r in read_csv(out / "results.csv") if r["run"] == run_name)
     cfg, model, classes = load_run(out / "runs" / run_name)
     splits, _ = build_splits(cfg.data, dict(model.encoders), classes)
-    used = mm_train.train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed)
+    used = runtime.train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed)
     batch = Collator(cfg.data.modalities, dict(model.encoders))([splits["train"][i] for i in used])
     with torch.no_grad():
         correct = (model(batch).argmax(-1) == batch["label"]).sum().item()

@@ -1,0 +1,228 @@
+"""Learning curves: train and val error against trainable parameters (capacity) or training set size (data).
+
+A curve file is YAML; its first line is the command that runs it::
+
+    # python scripts/learning_curve.py configs/curves/capacity.yaml
+    base: null                   # config file, relative to this file or the repo root; null = defaults
+    overrides: [data.task=shape, "data.modalities=[text]"]   # applied to every run
+    kind: capacity               # capacity | data
+    points:                      # capacity: named override sets, in order; x = measured trainable params
+      - {name: linear_probe, overrides: [encoders.text.trainable=linear_probe]}
+      - {name: full, overrides: [encoders.text.trainable=full]}
+    seeds: [0, 1]
+    metric: accuracy             # optional (default accuracy); error = 1 - metric
+    name: capacity               # optional, default: the file's stem; the W&B group
+
+A ``data`` curve has ``fractions: [0.01, 0.1, 1.0]`` (``data.train_fraction``) and ``policies:``
+(two or more named override sets, drawn side by side) instead of ``points``. A point's or
+policy's overrides come after the curve's (and the command line's) overrides. The kinds are
+``mm.experiments.spec.KINDS``: a new kind that sweeps another config value for each policy is one
+entry there.
+
+Train error is measured, not read off the running loss: after training, the best checkpoint is
+evaluated (eval mode, the run's own ``train_subset``) on the training examples the run used, and
+the metrics are kept in ``runs/<run>/train_eval.json``. ``wall_time_s`` is the training run's own
+(``results.json``), this evaluation not included. The output folder holds ``curve.yaml``
+(the resolved curve), ``state.json``, ``results.csv`` (one row per run), ``summary.csv`` and
+``summary.md`` (mean and sample std over seeds), ``curve.png``, ``runs/`` and the W&B summary run
+``summary/``. Runs are W&B runs in group ``name`` with job type ``learning-curve``. Rerunning
+resumes as grids do (``mm.experiments.runner``): a run is skipped when it is done with the config
+it has now.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mm.config import Config, ConfigError
+from mm.experiments import reports
+from mm.experiments.reports import ERRORS
+from mm.experiments.runner import run_cells, write_atomic
+from mm.experiments.spec import (
+    KINDS,
+    RESERVED_KEYS,
+    Cell,
+    Curve,
+    Point,
+    Variant,
+    check_seeds,
+    expand_cells,
+    override_keys,
+    read_spec,
+    resolve_base,
+)
+
+SPEC_KEYS = {"base", "overrides", "kind", "seeds", "metric", "name"}  # besides each kind's own
+TRAIN_EVAL = "train_eval.json"
+
+
+def load_curve(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = (),
+               seeds: list[int] | None = None) -> Curve:
+    """Reads and checks a curve file (``seeds`` replaces the file's); errors name the file and key.
+
+    Raises:
+        ConfigError: unknown key or kind, a malformed point list, swept value or seed list.
+    """
+    kind_keys = {name: {k.sets, *([k.sweep.key] if k.sweep else [])} for name, k in KINDS.items()}
+    path, raw = read_spec(path, "curve", SPEC_KEYS.union(*kind_keys.values()))
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{path}: 'kind' must be one of {sorted(KINDS)}, not {kind!r}")
+    spec = KINDS[kind]
+    for key in sorted(set().union(*kind_keys.values()) - kind_keys[kind]):
+        if key in raw:
+            raise ConfigError(f"{path}: a {kind} curve has no '{key}'")
+    points = _points(raw.get(spec.sets), path, spec.sets, spec.min_sets)
+    values, reserved = [], set(RESERVED_KEYS)
+    if spec.sweep is not None:
+        values = raw.get(spec.sweep.key)
+        if not isinstance(values, list) or not values or not all(spec.sweep.valid(v) for v in values):
+            raise ConfigError(f"{path}: '{spec.sweep.key}' must be a non-empty list of {spec.sweep.valid_text}")
+        values = [spec.sweep.cast(v) for v in values]
+        reserved.add(spec.sweep.override)
+    seeds = check_seeds(seeds if seeds is not None else raw.get("seeds", [0]), path)
+    overrides = [str(o) for o in raw.get("overrides") or []] + list(extra_overrides)
+    for key in override_keys([*overrides, *(o for p in points for o in p.overrides)]):
+        if key in reserved:
+            raise ConfigError(f"{path}: '{key}' is set by the curve runner for each run")
+    return Curve(path=path, name=str(raw.get("name") or path.stem), kind=kind,
+                 base=resolve_base(raw.get("base"), path, "curve"), overrides=overrides, points=points,
+                 values=values, seeds=seeds, metric=str(raw.get("metric") or "accuracy"))
+
+
+def _points(raw: Any, path: Path, key: str, minimum: int) -> list[Point]:
+    """The named override sets under ``key``: at least ``minimum``, names unique."""
+    if not isinstance(raw, list) or len(raw) < minimum:
+        raise ConfigError(f"{path}: '{key}' must be a list of at least {minimum} {{name, overrides}} entries")
+    points = []
+    for entry in raw:
+        if not isinstance(entry, dict) or set(entry) - {"name", "overrides"} or not entry.get("name"):
+            raise ConfigError(f"{path}: each of '{key}' is {{name: ..., overrides: [...]}}, not {entry!r}")
+        points.append(Point(str(entry["name"]), [str(o) for o in entry.get("overrides") or []]))
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: '{key}' names repeat: {names}")
+    return points
+
+
+def expand(curve: Curve, out_dir: Path) -> list[Cell]:
+    """The runs of a curve, point (or policy) by swept value by seed, each config checked before any runs.
+
+    Raises:
+        ConfigError: a run's config is invalid; the message names the curve file and the run.
+    """
+    kind = KINDS[curve.kind]
+    variants = []
+    for point in curve.points:
+        if kind.sweep is None:
+            variants.append(Variant({kind.column: point.name}, point.overrides))
+            continue
+        for value in curve.values:
+            variants.append(Variant({kind.column: point.name, kind.sweep.column: value},
+                                    [*point.overrides, f"{kind.sweep.override}={value}"]))
+    return expand_cells(curve.path, curve.base, curve.overrides, variants, curve.seeds, out_dir,
+                        group=curve.name, job_type="learning-curve", what="run")
+
+
+def curve_dict(curve: Curve) -> dict[str, Any]:
+    """The resolved curve, as written to ``curve.yaml`` (a curve file that reruns the same runs)."""
+    kind = KINDS[curve.kind]
+    spec: dict[str, Any] = {"name": curve.name, "kind": curve.kind, "base": str(curve.base) if curve.base else None,
+                            "overrides": curve.overrides, kind.sets: [asdict(p) for p in curve.points]}
+    if kind.sweep is not None:
+        spec[kind.sweep.key] = curve.values
+    return {**spec, "seeds": curve.seeds, "metric": curve.metric}
+
+
+def train_eval(run_dir: Path) -> dict[str, float]:
+    """The best checkpoint's metrics on the training examples the run used (cached in ``train_eval.json``)."""
+    path = run_dir / TRAIN_EVAL
+    if path.is_file():
+        return json.loads(path.read_text())
+    from torch.utils.data import DataLoader, Subset
+
+    from mm.data import build_splits
+    from mm.data.collate import Collator
+    from mm.evaluation import evaluate, load_run
+    from mm.features import use_feature_cache
+    from mm.runtime import pick_device, train_subset
+
+    cfg, model, classes = load_run(run_dir, "best")
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    splits, _ = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
+    collate = Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name)
+    # Frozen encoders' train features come from the cache the run itself filled.
+    splits, collate, _ = use_feature_cache(cfg, model, {"train": splits["train"]}, collate, device)
+    used = train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed)  # as train() drew it
+    loader = DataLoader(Subset(splits["train"], used), batch_size=cfg.train.eval_batch_size, collate_fn=collate)
+    metrics = {"n": len(used), **evaluate(model, loader, device, cfg.train.precision)}
+    write_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def run_curve(curve: Curve, cells: list[Cell], out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains the runs not yet done (then measures their train error) and writes the reports.
+
+    An exception fails its run and the curve goes on; a KeyboardInterrupt stops the curve and
+    leaves the run ``running``, to be rerun from a clean folder next time.
+
+    Returns:
+        ``{"rows", "summary", "markdown", "trained", "failed"}``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = f"# python scripts/learning_curve.py {out_dir / 'curve.yaml'} --out {out_dir}\n"
+    write_atomic(out_dir / "curve.yaml", header + yaml.safe_dump(curve_dict(curve), sort_keys=False))
+
+    def describe(cell: Cell, run_dir: Path, seconds: float) -> str:
+        row = run_row(cell, run_dir, curve)
+        return (f"params={row['params_trainable']:,}  " + "  ".join(f"{k}={row[k]:.4f}" for k in ERRORS)
+                + f"  ({row['wall_time_s']:.1f}s)")
+
+    state, trained = run_cells(cells, out_dir, label="curve", describe=describe,
+                               measure=lambda cell, run_dir: train_eval(run_dir), announce=False, log=log)
+    rows = [run_row(c, Path(state.cells[c.name]["run_dir"]), curve) for c in cells
+            if state.cells[c.name]["status"] == "done"]
+    summary, markdown = write_reports(curve, rows, out_dir, cells[0].cfg)
+    return {"rows": rows, "summary": summary, "markdown": markdown, "trained": trained, "failed": state.failed}
+
+
+def run_row(cell: Cell, run_dir: Path, curve: Curve) -> dict[str, Any]:
+    """One results.csv row: the run's set, fraction (and swept value), seed, size, measured params and errors.
+
+    Raises:
+        KeyError: the curve's metric is not among the run's metrics.
+    """
+    kind = KINDS[curve.kind]
+    res = json.loads((run_dir / "results.json").read_text())
+    train = train_eval(run_dir)
+    if curve.metric not in res["val"]:
+        raise KeyError(f"metric {curve.metric!r} is not in the results; have {sorted(res['val'])}")
+    named = {k: cell.values[k] for k in kind.keys if k != "fraction"}
+    return {"run": cell.name, **named, "fraction": cell.cfg.data.train_fraction, "seed": cell.seed,
+            "n_train": train["n"], "params_trainable": res["params"]["params/trainable"],
+            "params_total": res["params"]["params/total"], "train_error": 1 - train[curve.metric],
+            "val_error": 1 - res["val"][curve.metric], "test_error": 1 - res["test"][curve.metric],
+            "best_step": res["best_step"], "steps": res["steps"], "wall_time_s": res["wall_time_s"]}
+
+
+def write_reports(curve: Curve, rows: list[dict[str, Any]], out_dir: Path,
+                  cfg: Config) -> tuple[list[dict[str, Any]], str]:
+    """Writes results.csv, summary.csv, summary.md and curve.png; logs them to a W&B summary run."""
+    reports.write_csv(out_dir / "results.csv", rows)
+    if not rows:
+        return [], ""
+    table = reports.curve_summary(curve, rows)
+    reports.write_csv(out_dir / "summary.csv", table)
+    markdown = reports.curve_markdown(curve, table)
+    write_atomic(out_dir / "summary.md", markdown)
+    plot = reports.curve_plot(curve, table, out_dir / "curve.png")
+    reports.log_summary_run(out_dir, curve_dict(curve), cfg, group=curve.name, job_type="learning-curve-summary",
+                            tables={"runs": rows, "summary": table}, images={"curve": plot})
+    return table, markdown

@@ -1,0 +1,203 @@
+"""Ablation grids: expand a grid file into cells, run them resumably, tabulate mean ± std over seeds.
+
+A grid file is YAML; its first line is the command that runs it::
+
+    # python scripts/ablate.py configs/ablations/modalities_fusion.yaml
+    base: null                  # config file, relative to the repo root or to this file; null = defaults
+    overrides: [data.task=color_animal, train.epochs=2]     # applied to every cell
+    grid:                       # dotted key -> values; the last key varies fastest, then the seeds
+      data.modalities: [[text], [image], [text, image]]
+      fusion.name: [concat, late]
+    seeds: [0, 1]
+    name: modalities_fusion     # optional, default: the file's stem; the W&B group
+    metric: accuracy            # optional, default: the base config's train.metric
+    ceilings: true              # optional; synthetic tasks: the Bayes ceiling beside the numbers
+
+Each cell's name is its overrides, ``data.modalities=text+image__fusion.name=late__seed=0``; it
+names the run folder ``<out>/runs/<cell>`` and the W&B run. The output folder holds ``grid.yaml``
+(the resolved grid, itself a grid file), ``state.json`` (per cell: status, run_dir, error, peak
+memory), ``results.csv``, ``summary.md``, ``summary.png``, and ``configs/`` and ``logs/`` of
+subprocess cells. Rerunning the same command resumes (``mm.experiments.runner``); the
+``peak_memory_kind`` column says how a cell's peak memory was measured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mm.config import Config, ConfigError
+from mm.experiments import reports
+from mm.experiments.runner import run_cells, write_atomic
+from mm.experiments.spec import (
+    RESERVED_KEYS,
+    ROOT,
+    Cell,
+    Grid,
+    Variant,
+    check_seeds,
+    expand_cells,
+    label_value,
+    override_keys,
+    override_value,
+    read_spec,
+    resolve_base,
+)
+
+GRID_KEYS = {"base", "overrides", "grid", "seeds", "name", "metric", "ceilings"}
+
+
+def load_grid(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = ()) -> Grid:
+    """Reads and checks a grid file; errors name the file and the offending key.
+
+    Raises:
+        ConfigError: unknown top-level key, a missing base file, a malformed grid or seed list.
+    """
+    path, raw = read_spec(path, "grid", GRID_KEYS)
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{path}: 'grid' must map dotted keys to lists of values")
+    overrides = [str(o) for o in raw.get("overrides") or []] + list(extra_overrides)
+    set_keys = override_keys(overrides)
+    for key in [*grid, *set_keys]:
+        if key in RESERVED_KEYS:
+            hint = " (use 'seeds:')" if key == "seed" else ""
+            raise ConfigError(f"{path}: '{key}' is set by the runner for each cell{hint}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid key '{key}' needs a non-empty list of values")
+        if key in set_keys:
+            raise ConfigError(f"{path}: grid key '{key}' is also an override")
+    seeds = check_seeds(raw.get("seeds", [0]), path)
+    return Grid(path=path, name=str(raw.get("name") or path.stem), base=resolve_base(raw.get("base"), path, "grid"),
+                overrides=overrides, grid=grid, seeds=seeds, metric=raw.get("metric"),
+                ceilings=bool(raw.get("ceilings", False)))
+
+
+def expand(grid: Grid, out_dir: Path) -> list[Cell]:
+    """The cells of a grid, in order, each config loaded and checked before anything runs.
+
+    Raises:
+        ConfigError: a cell's config is invalid; the message names the grid file and the cell.
+    """
+    variants = [Variant(dict(zip(grid.grid, combo, strict=True)),
+                        [f"{k}={override_value(v)}" for k, v in zip(grid.grid, combo, strict=True)])
+                for combo in itertools.product(*grid.grid.values())]
+    return expand_cells(grid.path, grid.base, grid.overrides, variants, grid.seeds, out_dir, group=grid.name,
+                        job_type="ablation", ceilings=grid.ceilings)
+
+
+def grid_dict(grid: Grid, metric: str) -> dict[str, Any]:
+    """The resolved grid, as written to ``grid.yaml`` (a grid file that reruns the same cells)."""
+    return {"name": grid.name, "base": str(grid.base) if grid.base else None, "overrides": grid.overrides,
+            "grid": grid.grid, "seeds": grid.seeds, "metric": metric, "ceilings": grid.ceilings}
+
+
+def sweep_config(grid: Grid, metric: str, mode: str) -> dict[str, Any]:
+    """The grid as a W&B sweep: ``wandb agent`` passes ``key=value`` args that scripts/train.py reads."""
+    parameters = {key: {"values": values} for key, values in grid.grid.items()}
+    parameters["seed"] = {"values": grid.seeds}
+    base = []
+    if grid.base is not None:
+        rel = grid.base.relative_to(ROOT) if grid.base.is_relative_to(ROOT) else grid.base
+        base = ["--config", str(rel)]
+    fixed = [*grid.overrides, f"wandb.group={grid.name}", "wandb.job_type=ablation"]
+    return {"name": grid.name, "program": "scripts/train.py", "method": "grid",
+            "metric": {"name": f"best/val/{metric}", "goal": "maximize" if mode == "max" else "minimize"},
+            "parameters": parameters,
+            "command": ["${env}", "python", "${program}", *base, *fixed, "${args_no_hyphens}"]}
+
+
+@dataclass
+class GridRun:
+    """What ``run_grid`` did: the cells, their final state, the result rows and the summary."""
+
+    cells: list[Cell]
+    state: dict[str, dict[str, Any]]
+    rows: list[dict[str, Any]]
+    summary: str
+    trained: list[str]
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, entry in self.state.items() if entry["status"] == "failed"]
+
+
+def run_grid(grid: Grid, cells: list[Cell], out_dir: Path, *, workers: int = 1, use_subprocess: bool = False,
+             log: Callable[[str], None] = print) -> GridRun:
+    """Runs the cells not yet done, then writes results.csv, summary.md and summary.png.
+
+    Finished cells are skipped; failed, interrupted (still ``running``) and pending cells are run
+    from a clean run folder. An exception fails its cell and the grid goes on; a
+    KeyboardInterrupt stops the grid and leaves the cell ``running``, to be rerun next time.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric = grid.metric or cells[0].cfg.train.metric
+    header = f"# python scripts/ablate.py {out_dir / 'grid.yaml'} --out {out_dir}\n"
+    write_atomic(out_dir / "grid.yaml", header + yaml.safe_dump(grid_dict(grid, metric), sort_keys=False))
+
+    def describe(cell: Cell, run_dir: Path, seconds: float) -> str:
+        res = json.loads((run_dir / "results.json").read_text())
+        return (f"val/{metric}={res['val'].get(metric, math.nan):.4f} "
+                f"test/{metric}={res['test'].get(metric, math.nan):.4f} ({seconds:.1f}s)")
+
+    state, trained = run_cells(cells, out_dir, label="ablate", describe=describe, workers=workers,
+                               use_subprocess=use_subprocess, log=log)
+    rows, summary = write_reports(grid, cells, state.cells, out_dir, metric)
+    return GridRun(cells, state.cells, rows, summary, trained)
+
+
+def result_rows(cells: list[Cell], state: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per finished cell, in cell order: values, seed, every val/test metric, cost."""
+    rows = []
+    for cell in cells:
+        entry = state[cell.name]
+        run_dir = Path(entry["run_dir"] or "")
+        if entry["status"] != "done" or not (run_dir / "results.json").is_file():
+            continue
+        res = json.loads((run_dir / "results.json").read_text())
+        row: dict[str, Any] = {"cell": cell.name, **{k: label_value(v) for k, v in cell.values.items()},
+                               "seed": cell.seed}
+        row.update({f"{split}/{k}": v for split in ("val", "test") for k, v in res[split].items()})
+        row.update({"best_step": res["best_step"], "steps": res["steps"], "params/total": res["params"]["params/total"],
+                    "params/trainable": res["params"]["params/trainable"], "wall_time_s": res["wall_time_s"],
+                    "throughput_samples_per_s": _throughput(cell.cfg, run_dir, res),
+                    "peak_memory_mb": round(entry.get("peak_memory_mb", math.nan), 1),
+                    "peak_memory_kind": entry.get("peak_memory_kind")})
+        rows.append(row)
+    return rows
+
+
+def _throughput(cfg: Config, run_dir: Path, res: dict[str, Any]) -> float:
+    """Train samples/s: the mean of the loop's ``train/samples_per_s``, else steps x batch / wall time."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    rates = [row["train/samples_per_s"] for row in map(json.loads, lines) if "train/samples_per_s" in row]
+    if rates:
+        return round(statistics.fmean(rates), 2)
+    samples = res["steps"] * cfg.train.batch_size * cfg.optim.grad_accum_steps
+    return round(samples / max(res["wall_time_s"], 1e-9), 2)
+
+
+def write_reports(grid: Grid, cells: list[Cell], state: dict[str, dict[str, Any]], out_dir: Path,
+                  metric: str) -> tuple[list[dict[str, Any]], str]:
+    """Writes results.csv, summary.md and summary.png, and logs them to a W&B summary run."""
+    rows = result_rows(cells, state)
+    reports.write_csv(out_dir / "results.csv", rows)
+    if not rows:
+        return rows, ""
+    cfg = cells[0].cfg
+    table = reports.grid_summary(grid, cells, rows, metric)
+    summary = reports.grid_markdown(grid, table, metric, cfg.train.metric_mode)
+    write_atomic(out_dir / "summary.md", summary)
+    plot = reports.grid_plot(grid, table, metric, out_dir / "summary.png")
+    reports.log_summary_run(out_dir, grid_dict(grid, metric), cfg, group=grid.name, job_type="ablation-summary",
+                            tables={"summary": table}, images={"summary_plot": plot})
+    return rows, summary
