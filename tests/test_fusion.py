@@ -9,7 +9,7 @@ import torch
 
 from mm.config import FusionConfig
 from mm.encoders.base import EncoderOutput, masked_mean
-from mm.fusion import CONFIG_FIELDS, FUSIONS, ConcatFusion, build_fusion, declared_arguments
+from mm.fusion import FUSIONS, KNOWN_ARGUMENTS, ConcatFusion, build_fusion, declared_arguments
 
 B = 5
 LENGTHS = {"audio": 7, "image": 5, "text": 3}  # token counts differ per modality
@@ -310,8 +310,8 @@ def test_each_fusion_declares_only_the_config_fields_it_uses():
         "text_tokens": [*shared, "num_heads"],
     }
     # Every argument a fusion declares is a FusionConfig field, so a config can set it.
-    assert all(set(declared_arguments(cls)) <= CONFIG_FIELDS for cls in FUSIONS.values())
-    assert CONFIG_FIELDS == set(vars(FusionConfig())) - {"name"}
+    assert all(set(declared_arguments(cls)) <= KNOWN_ARGUMENTS for cls in FUSIONS.values())
+    assert KNOWN_ARGUMENTS == set(vars(FusionConfig())) - {"name"}  # every config field is some fusion's
     with pytest.raises(TypeError):  # the constructors themselves no longer swallow other fusions' arguments
         ConcatFusion({"text": 8}, rank=3)
 

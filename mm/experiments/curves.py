@@ -145,24 +145,19 @@ def train_eval(run_dir: Path) -> dict[str, float]:
     path = run_dir / TRAIN_EVAL
     if path.is_file():
         return json.loads(path.read_text())
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
 
-    from mm.data import build_splits
-    from mm.data.collate import Collator
     from mm.evaluation import evaluate, load_run
-    from mm.features import use_feature_cache
-    from mm.runtime import pick_device, train_subset
+    from mm.prepare import prepare
+    from mm.runtime import train_subset
 
     cfg, model, classes = load_run(run_dir, "best")
-    device = pick_device(cfg.train.device)
-    model.to(device)
-    splits, _ = build_splits(cfg.data, dict(model.encoders), classes, head=cfg.head.name)
-    collate = Collator(cfg.data.modalities, dict(model.encoders), head=cfg.head.name)
-    # Frozen encoders' train features come from the cache the run itself filled.
-    splits, collate, _ = use_feature_cache(cfg, model, {"train": splits["train"]}, collate, device)
-    used = train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed)  # as train() drew it
-    loader = DataLoader(Subset(splits["train"], used), batch_size=cfg.train.eval_batch_size, collate_fn=collate)
-    metrics = {"n": len(used), **evaluate(model, loader, device, cfg.train.precision)}
+    # The training examples as they are, not augmented; frozen encoders' features come from the
+    # cache the run itself filled.
+    job = prepare(cfg, classes, model, augment=False)
+    used = train_subset(len(job.splits["train"]), cfg.data.train_fraction, cfg.seed)  # as train() drew it
+    loader = job.loader("train", dataset=Subset(job.splits["train"], used))
+    metrics = {"n": len(used), **evaluate(model, loader, job.device, cfg.train.precision)}
     write_atomic(path, json.dumps(metrics, indent=2) + "\n")
     return metrics
 

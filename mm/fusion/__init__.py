@@ -17,13 +17,11 @@ it those of the ``FusionConfig`` fields it is given. A new hyper-parameter is th
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from typing import Any
 
 from torch import nn
 
-from mm.config import FusionConfig
 from mm.fusion.attention import AttentionFusion
 from mm.fusion.base import mlp
 from mm.fusion.concat import ConcatFusion
@@ -41,11 +39,9 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "text_tokens": TextTokensFusion,  # [B, T_text, D] for the token head
 }
 
-# The hyper-parameters a config may hold; each fusion receives those its constructor declares.
-CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FusionConfig)) - {"name"}
 
 __all__ = [
-    "CONFIG_FIELDS",
+    "KNOWN_ARGUMENTS",
     "FUSIONS",
     "AttentionFusion",
     "ConcatFusion",
@@ -66,6 +62,11 @@ def declared_arguments(fusion: type[nn.Module]) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+# Every fusion's hyper-parameters: what a config may hold (``FusionConfig``'s fields, tested equal);
+# each fusion receives those its own constructor declares.
+KNOWN_ARGUMENTS = frozenset(a for cls in FUSIONS.values() for a in declared_arguments(cls))
+
+
 def build_fusion(name: str, in_dims: dict[str, int], **fields: Any) -> nn.Module:
     """Build a fusion from the registry, passing it only the arguments its constructor declares.
 
@@ -83,8 +84,8 @@ def build_fusion(name: str, in_dims: dict[str, int], **fields: Any) -> nn.Module
         raise ValueError(f"unknown fusion {name!r}; valid: {sorted(FUSIONS)}")
     fusion = FUSIONS[name]
     declared = declared_arguments(fusion)
-    unknown = sorted(set(fields) - set(declared) - CONFIG_FIELDS)
+    unknown = sorted(set(fields) - set(declared) - KNOWN_ARGUMENTS)
     if unknown:
         raise TypeError(f"unknown fusion argument(s) {unknown} for {name!r}; it takes {declared}, "
-                        f"FusionConfig has {sorted(CONFIG_FIELDS)}")
+                        f"the fusions take {sorted(KNOWN_ARGUMENTS)}")
     return fusion(in_dims, **{k: v for k, v in fields.items() if k in declared})
