@@ -8,14 +8,12 @@ the nested dict that is written to ``config.yaml`` and sent to W&B.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-MODALITIES = ("audio", "image", "text")
 
 
 @dataclass
@@ -75,9 +73,9 @@ class TextEncoderConfig(PolicyConfig):
 @dataclass
 class ImageEncoderConfig(PolicyConfig):
     encoder: str = "timm"  # the encoder kind (mm.encoders.ENCODERS["image"])
-    source: str = "tiny-vit"  # alias, timm hub name, local folder, or arch@file
+    source: str = "effnet-lite0"  # alias (effnet-lite0: ImageNet, packaged), timm name, local folder, or arch@file
     trainable: str = "full"
-    input_size: int = 0  # side in pixels the pictures are resized to; 0 = the checkpoint's own
+    input_size: int = 0  # side in pixels the pictures are resized to; 0 = auto: the pictures' own (<= checkpoint's)
     augment: str = "none"  # training-time augmentation: none | light | rand (RandAugment)
     hflip: float = 0.5  # horizontal-flip probability when augmenting
     pretrained: bool = True  # false: the source's architecture from random weights (from scratch)
@@ -85,8 +83,8 @@ class ImageEncoderConfig(PolicyConfig):
 
 @dataclass
 class AudioEncoderConfig(PolicyConfig):
-    encoder: str = "wav2vec2"  # spectrogram (log-mel into a timm CNN) | wav2vec2
-    source: str = "tiny-wav2vec2"  # spectrogram: any image source (effnet-lite0, tiny-cnn); wav2vec2: HF
+    encoder: str = "spectrogram"  # spectrogram (log-mel into a timm CNN) | wav2vec2
+    source: str = "effnet-lite0"  # spectrogram: any image source (effnet-lite0, tiny-cnn); wav2vec2: HF
     trainable: str = "full"
     max_seconds: float = 10.0
     freeze_feature_encoder: bool = True  # wav2vec2, full: the conv feature encoder stays frozen
@@ -103,6 +101,10 @@ class EncodersConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+
+
+# A modality is a section of EncodersConfig (and an entry of mm.encoders.ENCODERS).
+MODALITIES = tuple(sorted(f.name for f in fields(EncodersConfig)))
 
 
 @dataclass
@@ -238,6 +240,8 @@ def validate(cfg: Config) -> None:
     here rather than at the top, so that this module stays importable without torch.
     """
     from mm.data.synthetic_tasks import TASKS
+    from mm.encoders import ENCODERS
+    from mm.encoders.image import AUGMENTS
     from mm.encoders.policies import POLICIES
     from mm.encoders.text import POOLINGS
     from mm.fusion import FUSIONS
@@ -253,6 +257,10 @@ def validate(cfg: Config) -> None:
         enc = getattr(cfg.encoders, m)
         _choice(f"encoders.{m}.trainable", enc.trainable, POLICIES)
         _choice(f"encoders.{m}.gradual_unit", enc.gradual_unit, ("epoch", "step"))
+        _choice(f"encoders.{m}.encoder", enc.encoder, list(ENCODERS.get(m, {})))
+    _choice("encoders.image.augment", cfg.encoders.image.augment, AUGMENTS)
+    if len(cfg.encoders.audio.snr_db) not in (0, 2):
+        raise ConfigError("'encoders.audio.snr_db' must be [] or [low, high]")
     _choice("encoders.text.pooling", cfg.encoders.text.pooling, POOLINGS)
     if cfg.data.dataset == "synthetic":
         _choice("data.task", cfg.data.task, sorted(TASKS))

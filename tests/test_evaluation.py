@@ -21,7 +21,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, [
         "data.synthetic.n_train=192", "data.synthetic.n_val=64", "data.synthetic.n_test=64",
-        "encoders.text.source=tiny-bert", "train.max_steps=6", "train.progress=false",
+        "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "train.max_steps=6", "train.progress=false",
         "wandb.mode=offline", f"train.out_dir={out}",
     ])
     return mm_train.train(cfg)

@@ -105,3 +105,29 @@ def test_a_new_curve_kind_is_one_entry(tmp_path, monkeypatch):
     assert "| policy | fraction | epochs | n_train | trainable params | n |" in markdown
     assert f"| full | 1 | 3 | 48 | 11 | 2 | {0.65:.4f} ± {statistics.stdev([0.6, 0.7]):.4f} |" in markdown
     assert reports.curve_plot(curve, table, tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_bundles_vary_several_keys_together(tmp_path):
+    from mm.config import ConfigError
+    from mm.experiments.grids import expand, load_grid
+
+    spec = tmp_path / "g.yaml"
+    spec.write_text(
+        "# python scripts/ablate.py g.yaml\n"
+        "overrides: ['data.modalities=[text]', encoders.text.source=tiny-bert]\n"
+        "grid:\n"
+        "  strategy:\n"
+        "    frozen: [encoders.text.trainable=frozen, encoders.image.trainable=frozen]\n"
+        "    full: [encoders.text.trainable=full, encoders.image.trainable=full]\n"
+        "  fusion.name: [concat, late]\n"
+    )
+    cells = expand(load_grid(spec), tmp_path / "out")
+    assert [c.name for c in cells] == ["strategy=frozen__fusion.name=concat__seed=0",
+                                       "strategy=frozen__fusion.name=late__seed=0",
+                                       "strategy=full__fusion.name=concat__seed=0",
+                                       "strategy=full__fusion.name=late__seed=0"]
+    assert [(c.cfg.encoders.text.trainable, c.cfg.encoders.image.trainable, c.cfg.fusion.name) for c in cells] == [
+        ("frozen", "frozen", "concat"), ("frozen", "frozen", "late"), ("full", "full", "concat"), ("full", "full", "late")]
+    spec.write_text("grid:\n  strategy:\n    full: [seed=3]\n")
+    with pytest.raises(ConfigError, match="not a settable override"):
+        load_grid(spec)

@@ -384,6 +384,7 @@ def test_synthetic_tags_run_through_the_multimodal_token_model():
     cfg = load_config(None, [
         *TINY_SYNTHETIC, "data.task=tags", "data.modalities=[text,image]", "head.name=token",
         "fusion.name=text_tokens", "fusion.hidden_dim=16", "encoders.text.source=tiny-bert",
+        "encoders.image.source=tiny-vit",
     ])
     tags = list(task_classes("tags"))
     model = build_model(cfg, num_classes=len(tags), classes=tags)

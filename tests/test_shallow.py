@@ -32,7 +32,7 @@ def direct_sklearn(features, C: float) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def shape_features():
     """MiniLM text + tiny ViT image features on ``shape`` (the caption names the shape: ceiling 1.0)."""
-    cfg = load_config(None, ["data.task=shape", "data.modalities=[text,image]", *SIZES])
+    cfg = load_config(None, ["data.task=shape", "data.modalities=[text,image]", "encoders.image.source=tiny-vit", *SIZES])
     return cfg, *extract_splits(cfg)
 
 
@@ -98,7 +98,7 @@ def test_script_prints_one_comparison_table(tmp_path: Path, capsys) -> None:
     spec = importlib.util.spec_from_file_location("script_shallow_baseline", ROOT / "scripts" / "shallow_baseline.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    args = ["data.task=shape", "encoders.text.source=tiny-bert", *SIZES, "train.max_steps=2", "train.progress=false",
+    args = ["data.task=shape", "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", *SIZES, "train.max_steps=2", "train.progress=false",
             "wandb.mode=disabled", "--modalities", "text,image", "--C", "0.1", "1", "--neural", "--out", str(tmp_path)]
     assert script.main(args) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])

@@ -18,7 +18,7 @@ from mm.data.synthetic import ceiling
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "data.synthetic.n_train=640", "data.synthetic.n_val=160", "data.synthetic.n_test=160",
-    "train.batch_size=32", "train.progress=false", "wandb.mode=disabled",
+    "train.batch_size=32", "train.progress=false", "wandb.mode=disabled", "encoders.image.source=tiny-vit",
 ]
 
 

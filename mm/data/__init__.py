@@ -69,3 +69,19 @@ def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
                                 seed=seed)
               for s in SPLITS}
     return splits, classes
+
+
+def picture_side(cfg: DataConfig, modality: str = "image") -> int | None:
+    """The longer side, in pixels, of the first picture of the training split (None if there is none).
+
+    What an image encoder with ``input_size`` 0 (auto) resizes to, so that small pictures are not
+    upsampled to a checkpoint's 224 px.
+    """
+    from PIL import Image
+
+    root, _ = resolve_dataset(cfg)
+    for row in read_split(root, "train"):
+        if row.get(modality) is not None:
+            with Image.open(root / str(row[modality])) as img:
+                return max(img.size)
+    return None

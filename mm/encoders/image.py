@@ -129,12 +129,16 @@ class ImageEncoder(Encoder):
         trainable: ``frozen`` or ``full``.
         model_args: extra ``timm.create_model`` keyword arguments, e.g. the architecture's sizes
             for a weights file of a non-standard variant, or ``drop_path_rate``.
-        input_size: side in pixels the pictures are resized to (0: the checkpoint's own); set, it
-            also drops the checkpoint's centre crop (``crop_pct`` 1), so nothing is cut off.
+        input_size: side in pixels the pictures are resized to; 0 (auto): the pictures' own side
+            (``data_side``) rounded up to a multiple of 32, at least 32 and at most the checkpoint's
+            size, so small pictures are not upsampled to 224 px (a model with a fixed input size,
+            such as a ViT, keeps its own). Set or auto, the checkpoint's centre crop is dropped
+            (``crop_pct`` 1), so nothing is cut off.
         augment: training-time augmentation: ``none``, ``light`` (random-resized crop of 60-100 %
             of the area, random erasing 25 %) or ``rand`` (``light`` + RandAugment m9).
         hflip: probability of a horizontal flip when augmenting (0 for digits, text, ...).
         pretrained: False: the source's architecture with random weights (training from scratch).
+        data_side: the longer side of the dataset's pictures, for ``input_size`` 0.
 
     Attributes:
         transform: PIL image -> ``Tensor[3, H, W]``, the checkpoint's evaluation preprocessing.
@@ -146,13 +150,18 @@ class ImageEncoder(Encoder):
     media = True
 
     def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None,
-                 input_size: int = 0, augment: str = "none", hflip: float = 0.5, pretrained: bool = True):
+                 input_size: int = 0, augment: str = "none", hflip: float = 0.5, pretrained: bool = True,
+                 data_side: int | None = None):
         super().__init__()
         if augment not in AUGMENTS:
             raise ValueError(f"unknown image augment {augment!r}; valid: {list(AUGMENTS)}")
         self.source = source
         self.backbone = create_backbone(source, model_args, pretrained)
         self.data_config = timm.data.resolve_data_config({}, model=self.backbone)
+        own = self.data_config["input_size"][-1]
+        fixed = getattr(self.backbone, "pretrained_cfg", {}).get("fixed_input_size", False)
+        if not input_size and data_side and not fixed:
+            input_size = min(own, max(32, -(-data_side // 32) * 32))
         if input_size:
             self.data_config.update(input_size=(3, input_size, input_size), crop_pct=1.0)
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)

@@ -13,6 +13,14 @@ A grid file is YAML; its first line is the command that runs it::
     metric: accuracy            # optional, default: the base config's train.metric
     ceilings: true              # optional; synthetic tasks: the Bayes ceiling beside the numbers
 
+A grid key may instead name a bundle of overrides that vary together (a key without a dot, its
+value a mapping from each label to its overrides)::
+
+    grid:
+      strategy:
+        frozen: [encoders.image.trainable=frozen, encoders.audio.trainable=frozen]
+        full: [encoders.image.trainable=full, encoders.audio.trainable=full]
+
 Each cell's name is its overrides, ``data.modalities=text+image__fusion.name=late__seed=0``; it
 names the run folder ``<out>/runs/<cell>`` and the W&B run. The output folder holds ``grid.yaml``
 (the resolved grid, itself a grid file), ``state.json`` (per cell: status, run_dir, error, peak
@@ -72,6 +80,15 @@ def load_grid(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = (
             hint = " (use 'seeds:')" if key == "seed" else ""
             raise ConfigError(f"{path}: '{key}' is set by the runner for each cell{hint}")
     for key, values in grid.items():
+        if isinstance(values, dict):  # a bundle: label -> the overrides it stands for
+            if "." in key or not values or not all(isinstance(v, list) for v in values.values()):
+                raise ConfigError(f"{path}: grid bundle '{key}' must be a key without a dot mapping each "
+                                  "label to a list of key=value overrides")
+            for label, bundle in values.items():
+                bad = [o for o in bundle if "=" not in str(o) or override_keys([str(o)])[0] in RESERVED_KEYS]
+                if bad:
+                    raise ConfigError(f"{path}: grid bundle '{key}.{label}': not a settable override: {bad}")
+            continue
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid key '{key}' needs a non-empty list of values")
         if key in set_keys:
@@ -88,9 +105,15 @@ def expand(grid: Grid, out_dir: Path) -> list[Cell]:
     Raises:
         ConfigError: a cell's config is invalid; the message names the grid file and the cell.
     """
-    variants = [Variant(dict(zip(grid.grid, combo, strict=True)),
-                        [f"{k}={override_value(v)}" for k, v in zip(grid.grid, combo, strict=True)])
-                for combo in itertools.product(*grid.grid.values())]
+    def options(key: str, values: Any) -> list[tuple[Any, list[str]]]:
+        if isinstance(values, dict):  # a bundle: its label names the cell, its overrides configure it
+            return [(label, [str(o) for o in bundle]) for label, bundle in values.items()]
+        return [(v, [f"{key}={override_value(v)}"]) for v in values]
+
+    axes = [options(k, v) for k, v in grid.grid.items()]
+    variants = [Variant(dict(zip(grid.grid, (label for label, _ in combo), strict=True)),
+                        [o for _, bundle in combo for o in bundle])
+                for combo in itertools.product(*axes)]
     return expand_cells(grid.path, grid.base, grid.overrides, variants, grid.seeds, out_dir, group=grid.name,
                         job_type="ablation", ceilings=grid.ceilings)
 
@@ -103,6 +126,9 @@ def grid_dict(grid: Grid, metric: str) -> dict[str, Any]:
 
 def sweep_config(grid: Grid, metric: str, mode: str) -> dict[str, Any]:
     """The grid as a W&B sweep: ``wandb agent`` passes ``key=value`` args that scripts/train.py reads."""
+    bundles = [k for k, v in grid.grid.items() if isinstance(v, dict)]
+    if bundles:
+        raise ConfigError(f"{grid.path}: a W&B sweep varies single keys; bundles {bundles} cannot be exported")
     parameters = {key: {"values": values} for key, values in grid.grid.items()}
     parameters["seed"] = {"values": grid.seeds}
     base = []
