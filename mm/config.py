@@ -155,6 +155,9 @@ class TrainConfig:
     patience: int = 0  # early stopping: validations without improvement before stopping; 0 = off
     min_delta: float = 0.0  # early stopping: smallest change that counts as an improvement
     label_smoothing: float = 0.0  # classification cross-entropy
+    mixup: float = 0.0  # classification: mixup's Beta alpha (0 = off; e.g. 0.2); blends pictures, audio
+    cutmix: float = 0.0  # classification: cutmix's Beta alpha on pictures (0 = off; e.g. 1.0)
+    mix_prob: float = 1.0  # probability that a training batch is mixed
     metric_mode: str = "max"  # max | min
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
@@ -278,6 +281,10 @@ def validate(cfg: Config) -> None:
     _choice("head.loss", cfg.head.loss, RegressionHead.LOSSES)
     _choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp32"))
     _choice("wandb.mode", cfg.wandb.mode, MODES)
+    if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) and (cfg.head.name != "classification"
+                                                          or "text" in cfg.data.modalities):
+        raise ConfigError("'train.mixup' / 'train.cutmix' need head.name=classification and no text modality "
+                          "(token ids cannot be blended)")
     if cfg.optim.grad_accum_steps < 1:
         raise ConfigError("'optim.grad_accum_steps' must be >= 1")
     if cfg.train.batch_size < 1:

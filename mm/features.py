@@ -61,6 +61,8 @@ def off_reason(cfg: Any, modality: str, encoder: Encoder) -> str | None:
     policy = getattr(encoder, "policy", None)
     if cfg.data.cache_features == "off":
         return "data.cache_features=off"
+    if getattr(cfg.train, "mixup", 0) > 0 or getattr(cfg.train, "cutmix", 0) > 0:
+        return "mixup/cutmix blend the inputs"
     if policy not in FROZEN_POLICIES:
         return f"trainable={policy}"
     if not encoder.frozen_for_run:

@@ -54,7 +54,13 @@ class ClassificationHead(nn.Module):
         return self.linear(fused)  # [B, num_classes]
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)
+        """Cross-entropy; for a mixed batch (``mm.mixing``) the ``lam``-weighted sum over both labels."""
+        y, smoothing = batch["label"], self.label_smoothing
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        if "mix" in batch:
+            lam, perm = batch["mix"]["lam"], batch["mix"]["perm"]
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[perm], label_smoothing=smoothing)
+        return loss
 
     def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
         """Metrics over a whole split from its batches' ``logits [B, C]`` and ``labels [B]``."""

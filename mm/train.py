@@ -22,6 +22,7 @@ from mm.config import Config, to_dict, to_yaml
 from mm.encoders.policies import gradual_blocks, thaw
 from mm.evaluation import evaluate
 from mm.features import encode_with_cache
+from mm.mixing import Mixing
 from mm.model import MultimodalModel, parameter_counts
 from mm.optim import build_optimizer, build_scheduler
 from mm.prepare import prepare
@@ -94,10 +95,14 @@ def update_gradual(model: MultimodalModel, cfg: Config, step: int, epoch: int) -
 
 
 
-def train_step(model: MultimodalModel, batch: dict, device: torch.device, precision: str, scale: float) -> torch.Tensor:
-    """Forward and backward of one micro-batch; the loss is scaled for gradient accumulation.
-    Returns the unscaled loss, detached and left on the device (no host sync per step)."""
+def train_step(model: MultimodalModel, batch: dict, device: torch.device, precision: str, scale: float,
+               mixing: Mixing | None = None) -> torch.Tensor:
+    """Forward and backward of one micro-batch (mixed, when mixup/cutmix is on); the loss is scaled
+    for gradient accumulation. Returns the unscaled loss, detached and left on the device (no host
+    sync per step)."""
     batch = to_device(batch, device)
+    if mixing is not None and mixing.active:
+        batch = mixing(batch)
     with autocast(device, precision):
         logits = model(batch, outputs=encode_with_cache(model, batch))
     loss = model.head.loss(logits, batch)
@@ -133,6 +138,7 @@ def train(cfg: Config) -> dict[str, Any]:
     steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / accum)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     eval_every = cfg.train.eval_every or steps_per_epoch
+    mixing = Mixing(cfg.train.mixup, cfg.train.cutmix, cfg.train.mix_prob)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     metric_key = f"val/{cfg.train.metric}"
@@ -183,7 +189,7 @@ def train(cfg: Config) -> dict[str, Any]:
             # Accumulate gradients over the group's micro-batches, then clip and step.
             for _ in group:
                 batch = next(batches)
-                window_loss += train_step(model, batch, device, cfg.train.precision, 1.0 / len(group))
+                window_loss += train_step(model, batch, device, cfg.train.precision, 1.0 / len(group), mixing)
                 window_n += 1
                 samples += len(batch["label"])
             if cfg.optim.max_grad_norm > 0:
