@@ -78,6 +78,8 @@ def _check_weights_cover(backbone: nn.Module, weights: Path) -> None:
 
 
 AUGMENTS = ("none", "light", "rand")
+# input_size auto never goes below this: a stride-32 CNN then still ends on a 2x2 map.
+MIN_AUTO_SIZE = 64
 
 
 def create_backbone(source: str, model_args: dict[str, Any] | None = None, pretrained: bool = True) -> nn.Module:
@@ -130,12 +132,12 @@ class ImageEncoder(Encoder):
         model_args: extra ``timm.create_model`` keyword arguments, e.g. the architecture's sizes
             for a weights file of a non-standard variant, or ``drop_path_rate``.
         input_size: side in pixels the pictures are resized to; 0 (auto): the pictures' own side
-            (``data_side``) rounded up to a multiple of 32, at least 32 and at most the checkpoint's
-            size, so small pictures are not upsampled to 224 px (a model with a fixed input size,
-            such as a ViT, keeps its own). Set or auto, the checkpoint's centre crop is dropped
+            (``data_side``) rounded up to a multiple of 32, at least 64 (a stride-32 CNN then ends
+            on a 2x2 map, not a single pixel) and at most the checkpoint's size, so small pictures
+            are not upsampled to 224 px (a model with a fixed input size, such as a ViT, keeps its own). Set or auto, the checkpoint's centre crop is dropped
             (``crop_pct`` 1), so nothing is cut off.
-        augment: training-time augmentation: ``none``, ``light`` (random-resized crop of 60-100 %
-            of the area, random erasing 25 %) or ``rand`` (``light`` + RandAugment m9).
+        augment: training-time augmentation: ``none``, ``light`` (random-resized crop of 80-100 %
+            of the area, aspect 0.9-1.1, random erasing 25 %) or ``rand`` (``light`` + RandAugment m9).
         hflip: probability of a horizontal flip when augmenting (0 for digits, text, ...).
         pretrained: False: the source's architecture with random weights (training from scratch).
         data_side: the longer side of the dataset's pictures, for ``input_size`` 0.
@@ -161,7 +163,7 @@ class ImageEncoder(Encoder):
         own = self.data_config["input_size"][-1]
         fixed = getattr(self.backbone, "pretrained_cfg", {}).get("fixed_input_size", False)
         if not input_size and data_side and not fixed:
-            input_size = min(own, max(32, -(-data_side // 32) * 32))
+            input_size = min(own, max(MIN_AUTO_SIZE, -(-data_side // 32) * 32))
         if input_size:
             self.data_config.update(input_size=(3, input_size, input_size), crop_pct=1.0)
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
@@ -171,7 +173,7 @@ class ImageEncoder(Encoder):
         if self.augment:
             cfg = self.data_config
             self.train_transform = timm.data.create_transform(
-                cfg["input_size"], is_training=True, scale=(0.6, 1.0), hflip=hflip, color_jitter=0.0,
+                cfg["input_size"], is_training=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), hflip=hflip, color_jitter=0.0,
                 auto_augment="rand-m9-mstd0.5-inc1" if augment == "rand" else None,
                 interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"], re_prob=0.25, re_mode="pixel",
             )
