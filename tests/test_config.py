@@ -66,11 +66,11 @@ def test_every_config_loads_and_builds(path, monkeypatch):
     cfg = load_config(path)
     assert to_dict(cfg)["data"]["modalities"] == cfg.data.modalities
     # Hub backbones cannot be fetched here: build the same architecture with tiny stand-ins.
-    tiny = {"text": "tiny-bert", "image": "tiny-vit", "audio": "tiny-wav2vec2"}
+    tiny = {"transformers": "tiny-bert", "timm": "tiny-vit", "wav2vec2": "tiny-wav2vec2", "spectrogram": "tiny-cnn"}
     for m in cfg.data.modalities:
         enc = getattr(cfg.encoders, m)
         if enc.source not in LOCAL_SOURCES:
-            enc.source = tiny[m]
+            enc.source = tiny[enc.encoder]
         elif m == "text":
             enc.source = "tiny-bert"  # same code path as MiniLM, a fraction of the time
     from mm.model import build_model
