@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from mm.shallow import C_GRID, extract_splits, fit_logistic, markdown_table
-    from mm.train import pick_device, train
+    from mm.runtime import pick_device
+    from mm.train import train
 
     # Features once, then the C grid on them.
     t0 = time.perf_counter()
