@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from mm.shallow import C_GRID, extract_splits, fit_logistic, markdown_table
     from mm.runtime import pick_device
+    from mm.shallow import C_GRID, extract_splits, fit_logistic, markdown_table
     from mm.train import train
 
     # Features once, then the C grid on them.
