@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel
 
 from mm.data.audio_io import load_audio
-from mm.encoders.base import Encoder, EncoderOutput, masked_mean
+from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.sources import resolve_source
 from mm.encoders.wave import WaveAugment
 
@@ -76,8 +76,7 @@ class AudioEncoder(Encoder):
     def corrupt(self, inputs: dict[str, torch.Tensor], strength: float,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Gaussian noise of standard deviation ``2 * strength`` on the normalised wave (0.5: 0 dB SNR)."""
-        x = inputs["input_values"]
-        return {**inputs, "input_values": x + 2 * strength * torch.randn(x.shape, generator=generator)}
+        return add_gaussian(inputs, "input_values", strength, generator)
 
     def export(self, out_dir: Path, backbone: nn.Module) -> None:
         backbone.save_pretrained(out_dir, safe_serialization=True)

@@ -47,6 +47,14 @@ class EncoderOutput:
     pooled: torch.Tensor
 
 
+def add_gaussian(inputs: dict[str, torch.Tensor], key: str, strength: float,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A copy of ``inputs`` with Gaussian noise of standard deviation ``2 * strength`` on ``inputs[key]``
+    (normalised pictures, waves, spectrograms: ``strength`` 0.5 is then noise as strong as the signal)."""
+    x = inputs[key]
+    return {**inputs, key: x + 2 * strength * torch.randn(x.shape, generator=generator)}
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``tokens [B,T,D]`` over the positions where ``mask [B,T]`` is True."""
     weights = mask.to(tokens.dtype).unsqueeze(-1)  # [B, T, 1]

@@ -18,7 +18,7 @@ from einops import rearrange
 from PIL import Image
 from torch import nn
 
-from mm.encoders.base import Encoder, EncoderOutput
+from mm.encoders.base import Encoder, EncoderOutput, add_gaussian
 from mm.encoders.sources import resolve_source
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a hub folder's weights, in timm's order
@@ -198,8 +198,7 @@ class ImageEncoder(Encoder):
     def corrupt(self, inputs: dict[str, torch.Tensor], strength: float,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Gaussian noise of standard deviation ``2 * strength`` on the normalised pixels."""
-        x = inputs["pixel_values"]
-        return {**inputs, "pixel_values": x + 2 * strength * torch.randn(x.shape, generator=generator)}
+        return add_gaussian(inputs, "pixel_values", strength, generator)
 
     def export(self, out_dir: Path, backbone: nn.Module) -> None:
         """timm's hub layout (architecture, arguments, pretrained_cfg), as ``save_for_hf`` writes it."""

@@ -26,7 +26,7 @@ from einops import reduce
 from torch import nn
 
 from mm.data.audio_io import load_audio
-from mm.encoders.base import Encoder, EncoderOutput, masked_mean
+from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.image import create_backbone
 from mm.encoders.wave import WaveAugment
 
@@ -112,8 +112,7 @@ class SpectrogramEncoder(Encoder):
     def corrupt(self, inputs: dict[str, torch.Tensor], strength: float,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Gaussian noise of standard deviation ``2 * strength`` on the standardised spectrogram."""
-        x = inputs["spectrogram"]
-        return {**inputs, "spectrogram": x + 2 * strength * torch.randn(x.shape, generator=generator)}
+        return add_gaussian(inputs, "spectrogram", strength, generator)
 
     def export(self, out_dir: Path, backbone: nn.Module) -> None:
         """timm's hub layout; load it back with the same front-end settings (``n_mels``, ...)."""
