@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 from typing import Any
 
@@ -99,8 +100,8 @@ def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> M
     for m in sorted(cfg.data.modalities):
         enc_cfg = vars(getattr(cfg.encoders, m))
         settings = {k: v for k, v in enc_cfg.items() if k not in POLICY_KEYS and k != "encoder"}
-        if settings.get("input_size") == 0:  # auto: the pictures' own size (ImageEncoder)
-            settings["data_side"] = picture_side(cfg.data, m)
+        if settings.get("input_size") == 0:  # auto: the pictures' own size (ImageEncoder asks if it needs it)
+            settings["data_side"] = functools.partial(picture_side, cfg.data, m)
         encoder = build_encoder(m, enc_cfg["encoder"], trainable="frozen", **settings)
         apply_policy(encoder, enc_cfg["trainable"], last_n=enc_cfg["last_n"], lora_r=enc_cfg["lora_r"],
                      lora_alpha=enc_cfg["lora_alpha"], lora_dropout=enc_cfg["lora_dropout"],

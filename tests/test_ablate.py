@@ -281,7 +281,28 @@ def test_dry_run_prints_cells(grid_file, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "ablations").glob("*.yaml")), ids=lambda p: p.name)
+SYNTHETIC_GRIDS = sorted(p for p in (ROOT / "configs" / "ablations").glob("*.yaml") if not p.name.startswith("real_"))
+REAL_GRIDS = sorted((ROOT / "configs" / "ablations").glob("real_*.yaml"))
+
+
+@pytest.mark.parametrize("path", REAL_GRIDS, ids=lambda p: p.name)
+def test_real_data_grids_vary_one_strategy_for_both_encoders(path, tmp_path):
+    assert path.read_text().splitlines()[0] == f"# python scripts/ablate.py configs/ablations/{path.name}"
+    grid = grids.load_grid(path, ["data.dataset=/elsewhere"])  # the command's own dataset wins
+    cells = grids.expand(grid, tmp_path)
+    assert len(cells) == len(grid.seeds) * len(grid.grid["strategy"]) * len(grid.grid["data.modalities"])
+    assert {c.cfg.data.dataset for c in cells} == {"/elsewhere"}
+    for c in cells:
+        image, audio = c.cfg.encoders.image, c.cfg.encoders.audio
+        assert (image.source, audio.source, audio.encoder) == ("effnet-lite0", "effnet-lite0", "spectrogram")
+        strategy = c.name.split("__")[0].removeprefix("strategy=")
+        if strategy == "scratch":
+            assert not image.pretrained and not audio.pretrained and image.trainable == audio.trainable == "full"
+        else:
+            assert image.trainable == audio.trainable == strategy and image.pretrained and audio.pretrained
+
+
+@pytest.mark.parametrize("path", SYNTHETIC_GRIDS, ids=lambda p: p.name)
 def test_shipped_grids_load_and_every_cell_validates(path, tmp_path):
     assert path.read_text().splitlines()[0] == f"# python scripts/ablate.py configs/ablations/{path.name}"
     grid = grids.load_grid(path)

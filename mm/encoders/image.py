@@ -7,6 +7,7 @@ not be upsampled to the checkpoint's 224 px on a CPU. Training-time augmentation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ class ImageEncoder(Encoder):
             of the area, aspect 0.9-1.1, random erasing 25 %) or ``rand`` (``light`` + RandAugment m9).
         hflip: probability of a horizontal flip when augmenting (0 for digits, text, ...).
         pretrained: False: the source's architecture with random weights (training from scratch).
-        data_side: the longer side of the dataset's pictures, for ``input_size`` 0.
+        data_side: returns the longer side of the dataset's pictures, for ``input_size`` 0 (called
+            only then, and only for a model without a fixed input size).
 
     Attributes:
         transform: PIL image -> ``Tensor[3, H, W]``, the checkpoint's evaluation preprocessing.
@@ -153,7 +155,7 @@ class ImageEncoder(Encoder):
 
     def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None,
                  input_size: int = 0, augment: str = "none", hflip: float = 0.5, pretrained: bool = True,
-                 data_side: int | None = None):
+                 data_side: Callable[[], int | None] | None = None):
         super().__init__()
         if augment not in AUGMENTS:
             raise ValueError(f"unknown image augment {augment!r}; valid: {list(AUGMENTS)}")
@@ -162,8 +164,9 @@ class ImageEncoder(Encoder):
         self.data_config = timm.data.resolve_data_config({}, model=self.backbone)
         own = self.data_config["input_size"][-1]
         fixed = getattr(self.backbone, "pretrained_cfg", {}).get("fixed_input_size", False)
-        if not input_size and data_side and not fixed:
-            input_size = min(own, max(MIN_AUTO_SIZE, -(-data_side // 32) * 32))
+        side = data_side() if not input_size and data_side is not None and not fixed else None
+        if side:
+            input_size = min(own, max(MIN_AUTO_SIZE, -(-side // 32) * 32))
         if input_size:
             self.data_config.update(input_size=(3, input_size, input_size), crop_pct=1.0)
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
