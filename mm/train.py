@@ -50,12 +50,6 @@ def run_folder(cfg: Config) -> Path:
     return run_dir
 
 
-
-
-
-
-
-
 @dataclass
 class EarlyStopping:
     """Tracks the best validation value; ``should_stop`` after ``patience`` validations without an
@@ -91,8 +85,6 @@ def update_gradual(model: MultimodalModel, cfg: Config, step: int, epoch: int) -
             if k > enc.thawed:
                 opened += [f"{m}.{name}" for name in thaw(enc, k)]
     return opened
-
-
 
 
 def train_step(model: MultimodalModel, batch: dict, device: torch.device, precision: str, scale: float,

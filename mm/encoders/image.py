@@ -171,7 +171,6 @@ class ImageEncoder(Encoder):
             self.data_config.update(input_size=(3, input_size, input_size), crop_pct=1.0)
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
         self.augment = augment != "none"
-        self.augment_name, self.hflip = augment, hflip
         self.train_transform = self.transform
         if self.augment:
             cfg = self.data_config
