@@ -61,7 +61,7 @@ def off_reason(cfg: Any, modality: str, encoder: Encoder) -> str | None:
     policy = getattr(encoder, "policy", None)
     if cfg.data.cache_features == "off":
         return "data.cache_features=off"
-    if getattr(cfg.train, "mixup", 0) > 0 or getattr(cfg.train, "cutmix", 0) > 0:
+    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
         return "mixup/cutmix blend the inputs"
     if policy not in FROZEN_POLICIES:
         return f"trainable={policy}"
@@ -115,8 +115,8 @@ def feature_key(encoder: dict[str, Any], modality: str, dataset: Any, split: str
         dtype: how the outputs are computed: ``<device type>/<dtype>``, e.g. ``cpu/torch.float32``
             or ``cuda/torch.bfloat16`` (under autocast).
     """
-    fields = {"format": FORMAT_VERSION, "modality": modality, **encoder, "data": data_fingerprint(dataset, modality, encoder["media"]),
-              "split": split, "dtype": dtype}
+    data = data_fingerprint(dataset, modality, encoder["media"])
+    fields = {"format": FORMAT_VERSION, "modality": modality, **encoder, "data": data, "split": split, "dtype": dtype}
     return _sha256(json.dumps(fields, sort_keys=True, default=str))[:24], fields
 
 

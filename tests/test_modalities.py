@@ -81,7 +81,7 @@ def test_a_fourth_modality_flows_through_data_cache_and_evaluation(tmp_path, mm_
     model = MultimodalModel({"vector": enc}, fusion, build_head("classification", fusion.out_dim, 2)).eval()
     cfg = SimpleNamespace(data=SimpleNamespace(cache_features="auto", num_workers=0),
                           head=SimpleNamespace(name="classification"),
-                          train=SimpleNamespace(precision="fp32", eval_batch_size=8))
+                          train=SimpleNamespace(precision="fp32", eval_batch_size=8, mixup=0.0, cutmix=0.0))
     cached, cached_collate, report = use_feature_cache(cfg, model, splits, collate, torch.device("cpu"))
     assert [e["status"] for e in report["vector"]["splits"].values()] == ["built"] * 3
     again = use_feature_cache(cfg, model, splits, collate, torch.device("cpu"))[2]
