@@ -44,6 +44,9 @@ class DataConfig:
     modality_dropout: float = 0.0  # train-time probability of dropping each modality of a sample
     train_fraction: float = 1.0  # use this fraction of the training split (a fixed, seeded subset)
     cache_features: str = "auto"  # auto: frozen encoders' outputs come from mm.features' cache | off
+    allow_outside_paths: bool = False  # manifest media paths may point outside the dataset folder
+    on_error: str = "raise"  # a sample that cannot be read: raise (stop the run) | skip (count it)
+    max_bad_fraction: float = 0.01  # on_error=skip: stop when more than this share of a split is bad
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -59,6 +62,7 @@ class PolicyConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=list)  # empty: per-family defaults
+    grad_checkpointing: bool = False  # recompute the backbone's activations in backward (memory for time)
 
 
 @dataclass
@@ -160,7 +164,12 @@ class TrainConfig:
     mix_prob: float = 1.0  # probability that a training batch is mixed
     metric_mode: str = "max"  # max | min
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | fp32
+    strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
+    sync_batchnorm: bool = True  # under torchrun on GPUs: BatchNorm statistics over all ranks
+    compile: bool = False  # torch.compile the model's forward
+    max_nonfinite: int = 3  # consecutive non-finite losses / gradients (steps skipped) before the run stops
+    resume_allow_changes: list[str] = field(default_factory=list)  # --resume: config keys allowed to differ
     deterministic: bool = True
     out_dir: str = "runs"
     resume: bool = False
@@ -279,7 +288,9 @@ def validate(cfg: Config) -> None:
     _choice("train.metric_mode", cfg.train.metric_mode, ("max", "min"))
     _choice("head.name", cfg.head.name, sorted(HEADS))
     _choice("head.loss", cfg.head.loss, RegressionHead.LOSSES)
-    _choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp32"))
+    _choice("train.precision", cfg.train.precision, ("auto", "bf16", "fp16", "fp32"))
+    _choice("train.strategy", cfg.train.strategy, ("ddp", "fsdp"))
+    _choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
     _choice("wandb.mode", cfg.wandb.mode, MODES)
     if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) and (cfg.head.name != "classification"
                                                           or "text" in cfg.data.modalities):
