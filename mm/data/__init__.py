@@ -6,7 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mm.config import DataConfig
+from mm.data.errors import ManifestError, MediaError
 from mm.data.manifest import SPLITS, ManifestDataset, read_split
+from mm.data.media import inside_path
 from mm.labels import build_codec, label_vocabulary
 from mm.paths import cache_dir
 
@@ -59,6 +61,10 @@ def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
         seed: the run's seed; the training split's augmentation (if any encoder augments) draws
             from it, the sample and the epoch.
         augment: False keeps the training split unaugmented too (feature extraction).
+
+    Media paths outside the folder are refused unless ``data.allow_outside_paths``; with
+    ``data.on_error: skip`` the samples that cannot be read are left out of each split and listed
+    in its ``bad`` (``ManifestDataset``).
     """
     if classes is None:
         classes = training_classes(cfg, head)
@@ -66,7 +72,8 @@ def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
     codec = build_codec(head, classes)
     used = {m: encoders[m] for m in cfg.modalities}
     splits = {s: ManifestDataset(root, s, used, label_key, classes, codec=codec, augment=augment and s == "train",
-                                seed=seed)
+                                 seed=seed, allow_outside_paths=cfg.allow_outside_paths, on_error=cfg.on_error,
+                                 max_bad_fraction=cfg.max_bad_fraction)
               for s in SPLITS}
     return splits, classes
 
@@ -82,6 +89,9 @@ def picture_side(cfg: DataConfig, modality: str = "image") -> int | None:
     root, _ = resolve_dataset(cfg)
     for row in read_split(root, "train"):
         if row.get(modality) is not None:
-            with Image.open(root / str(row[modality])) as img:
-                return max(img.size)
+            try:
+                with Image.open(inside_path(row[modality], root, cfg.allow_outside_paths)) as img:
+                    return max(img.size)
+            except (MediaError, OSError) as err:
+                raise ManifestError(f"{row['_where']}: {modality} {err}") from err
     return None

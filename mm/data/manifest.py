@@ -4,7 +4,8 @@ Each line is one sample with a value per modality, all optional (``text``: a str
 ``audio``: paths relative to the folder) and a label at ``label_key`` (dotted, e.g. ``label`` or
 ``labels.match``). Each modality's value is decoded by its encoder (``Encoder.load``: an image
 through PIL into the encoder's transform, audio read, downmixed and resampled to its rate); the
-dataset itself never names a modality.
+dataset itself never names a modality. Media paths must stay inside the folder
+(``mm.data.media``); ``mm.data.validate`` checks a whole dataset at once.
 """
 
 from __future__ import annotations
@@ -18,30 +19,51 @@ from torch.utils.data import Dataset
 
 from mm.data.collate import TEXT
 from mm.data.conll import read_conll
-from mm.data.errors import ManifestError
+from mm.data.errors import ManifestError, MediaError
+from mm.data.media import inside_path
 from mm.labels import ClassLabels, Codec, LabelError, MultiLabels, RegressionLabels, TagLabels, label_at
 from mm.runtime import seeded
 
 SPLITS = ("train", "val", "test")
+ON_ERROR = ("raise", "skip")  # data.on_error
 
 
-def read_manifest(path: Path) -> list[dict]:
-    """Parse a JSONL manifest; errors name ``file:line``. Blank lines are skipped."""
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
-    rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
+def parse_manifest(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of a JSONL manifest and a problem (``file:line: reason``) per line it cannot read.
+
+    A line must be UTF-8 (a byte-order mark on the first is ignored) and one JSON object; blank
+    lines are skipped. Each row gets its place under ``_where`` (``file:line``).
+    """
+    rows, problems = [], []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                problems.append(f"{path}:{lineno}: not UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}")
+                continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ManifestError(f"{path}:{lineno}: invalid JSON: {err.msg}") from None
+                problems.append(f"{path}:{lineno}: invalid JSON: {err.msg}")
+                continue
             if not isinstance(row, dict):
-                raise ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                problems.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                continue
             row["_where"] = f"{path}:{lineno}"
             rows.append(row)
+    return rows, problems
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Parse a JSONL manifest (``parse_manifest``); one ``ManifestError`` lists every bad line."""
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    rows, problems = parse_manifest(path)
+    if problems:
+        raise ManifestError("\n".join(problems))
     if not rows:
         raise ManifestError(f"{path}: no samples")
     return rows
@@ -57,6 +79,17 @@ def read_split(root: Path, split: str) -> list[dict]:
 class ManifestDataset(Dataset):
     """One split of a manifest folder, yielding samples decoded by the modalities' encoders.
 
+    Media paths are checked when the split is built (``mm.data.media.inside_path``): a value that is
+    not a path, a path that leaves the folder (unless ``allow_outside_paths``) or names no file is
+    a bad sample. A sample that fails to decode raises a ``ManifestError`` naming its ``file:line``.
+
+    With ``on_error="skip"`` the bad samples are dropped when the split is built instead, so a run
+    never meets one: besides the path checks, every sample is decoded once by its encoders
+    (``load`` without augmentation), and those that fail are left out of ``rows`` and listed in
+    ``bad``. The same files fail on every run, so the kept samples, their indices and the batches
+    are the same on every run and after a resume. More than ``max_bad_fraction`` of the split bad
+    is a ``ManifestError`` listing them.
+
     Args:
         root: the manifest folder.
         split: ``train``, ``val`` or ``test`` (or any name, with ``rows``).
@@ -71,6 +104,15 @@ class ManifestDataset(Dataset):
         augment: decode with the encoders' training-time augmentation, seeded per sample and
             epoch (``set_epoch``) from ``seed``.
         seed: the run's seed, for augmentation.
+        allow_outside_paths: accept media paths outside ``root`` (``data.allow_outside_paths``;
+            ``build_splits`` passes the config's, false by default; prediction from the command
+            line gives absolute paths).
+        on_error: ``raise`` (a bad sample is an error) or ``skip`` (it is left out and counted).
+        max_bad_fraction: with ``skip``, the largest share of the split that may be bad.
+
+    Attributes:
+        rows: the samples served (with ``skip``, the good ones).
+        bad: ``file:line: reason`` of each sample left out (always empty with ``raise``).
     """
 
     def __init__(
@@ -85,20 +127,26 @@ class ManifestDataset(Dataset):
         require_labels: bool = True,
         augment: bool = False,
         seed: int = 0,
+        allow_outside_paths: bool = True,
+        on_error: str = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"unknown on_error {on_error!r} (data.on_error); valid: {list(ON_ERROR)}")
         self.root = Path(root)
         self.split = split
         self.encoders = dict(encoders)
         self.modalities = sorted(encoders)
-        self.rows = rows if rows is not None else read_split(self.root, split)
         self.codec = codec if codec is not None else ClassLabels(classes)
         self.classes = list(self.codec.classes)
         self.label_key = label_key
         self.augment = augment and any(e.augment for e in self.encoders.values())
         self.seed, self.epoch = seed, 0
+        self.rows: list[dict] = rows if rows is not None else read_split(self.root, split)
         self.labels: list = []
         self.words: list[list[str]] = []  # token tagging only
-        for row in self.rows:
+        bad: dict[int, str] = {}  # row -> what is wrong with it
+        for i, row in enumerate(self.rows):
             value = label_at(row, label_key)
             if value is None and not require_labels:  # inference: a placeholder that is never scored
                 value = self._placeholder(row)
@@ -110,9 +158,43 @@ class ManifestDataset(Dataset):
                 raise ManifestError(f"{row['_where']}: {err} (key '{label_key}')") from None
             if isinstance(self.codec, TagLabels):
                 self.words.append(self._words(row, value))
-            for m, enc in self.encoders.items():
-                if enc.media and row.get(m) is not None and not (self.root / str(row[m])).is_file():
-                    raise ManifestError(f"{row['_where']}: {m} file not found: {self.root / str(row[m])}")
+            reasons = self._path_problems(row, allow_outside_paths)
+            if reasons:
+                bad[i] = f"{row['_where']}: {'; '.join(reasons)}"
+        if bad and on_error == "raise":
+            raise ManifestError("\n".join(bad.values()))
+        if on_error == "skip":
+            self._skip_bad(bad, max_bad_fraction)
+        self.bad = [bad[i] for i in sorted(bad)]
+
+    def _path_problems(self, row: dict, allow_outside: bool) -> list[str]:
+        """What is wrong with the media paths of a row: ``<modality> <reason>`` each."""
+        reasons = []
+        for m, enc in self.encoders.items():
+            if enc.media and row.get(m) is not None:
+                try:
+                    inside_path(row[m], self.root, allow_outside)
+                except MediaError as err:
+                    reasons.append(f"{m} {err}")
+        return reasons
+
+    def _skip_bad(self, bad: dict[int, str], max_bad_fraction: float) -> None:
+        """Decode every sample whose paths are fine once (adding failures to ``bad``); keep the rest."""
+        total = len(self.rows)
+        for i in range(total):
+            if i not in bad:
+                try:
+                    self._decoded(i, train=False)
+                except ManifestError as err:
+                    bad[i] = str(err)
+        if len(bad) > max_bad_fraction * total:
+            raise ManifestError(f"{self.split}: {len(bad)} of {total} samples cannot be read, more than "
+                                f"data.max_bad_fraction={max_bad_fraction}:\n" + "\n".join(bad[i] for i in sorted(bad)))
+        keep = [i for i in range(total) if i not in bad]
+        self.rows = [self.rows[i] for i in keep]
+        self.labels = [self.labels[i] for i in keep]
+        if self.words:
+            self.words = [self.words[i] for i in keep]
 
     def _placeholder(self, row: dict) -> Any:
         if isinstance(self.codec, TagLabels):
@@ -140,18 +222,29 @@ class ManifestDataset(Dataset):
         """The epoch whose augmentation the next samples get (the loop calls it before each epoch)."""
         self.epoch = epoch
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _decoded(self, i: int, train: bool) -> dict[str, Any]:
+        """Sample ``i``'s present values decoded by their encoders; a failure names the row."""
         row = self.rows[i]
-        sample: dict[str, Any] = {"index": i, "label": self.labels[i]}
         values = {m: row.get(m) for m in self.modalities}
         if isinstance(self.codec, TagLabels):  # token tagging: the words are the text
-            sample["words"] = self.words[i]
             values[TEXT] = " ".join(self.words[i]) if TEXT in values else None
-        present = {m: v for m, v in values.items() if v is not None}
+        decoded = {}
+        for m, value in values.items():
+            if value is None:
+                continue
+            try:
+                decoded[m] = self.encoders[m].load(value, self.root, train=train)
+            except Exception as err:  # what a decoder raises is its own; the row is ours to name
+                reason = str(err) if isinstance(err, MediaError) else f"{value!r}: {type(err).__name__}: {err}"
+                raise ManifestError(f"{row['_where']}: {m} {reason}") from err
+        return decoded
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample: dict[str, Any] = {"index": i, "label": self.labels[i]}
+        if isinstance(self.codec, TagLabels):
+            sample["words"] = self.words[i]
         if not self.augment:
-            sample.update({m: self.encoders[m].load(v, self.root) for m, v in present.items()})
-            return sample
+            return {**sample, **self._decoded(i, train=False)}
         # Augmentation drawn from (seed, epoch, sample) alone: the same after a resume, with any workers.
         with seeded((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i):
-            sample.update({m: self.encoders[m].load(v, self.root, train=True) for m, v in present.items()})
-        return sample
+            return {**sample, **self._decoded(i, train=True)}

@@ -11,7 +11,7 @@ import transformers
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel
 
-from mm.data.audio_io import load_audio
+from mm.data.media import media_path, read_audio
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.sources import resolve_source
 from mm.encoders.wave import WaveAugment
@@ -61,7 +61,7 @@ class AudioEncoder(Encoder):
         self.set_trainable(trainable)
 
     def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
-        wave = load_audio(root / value, self.sample_rate)
+        wave = read_audio(media_path(value, root), self.sample_rate)
         return self.wave_augment(wave, self.sample_rate) if train and self.augment else wave
 
     def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:

@@ -77,7 +77,10 @@ class Encoder(nn.Module):
 
     # -- the modality's data contract (see the module docstring) --------------------------------
     def load(self, value: Any, root: Path, train: bool = False) -> Any:
-        """One manifest value decoded into a sample value; ``train`` turns on augmentation."""
+        """One manifest value decoded into a sample value; ``train`` turns on augmentation.
+
+        A media value is read through ``mm.data.media`` (``media_path``, ``read_image``,
+        ``read_audio``), so a bad one raises a ``MediaError`` naming the path and the reason."""
         raise NotImplementedError(f"{type(self).__name__}.load")
 
     def collate(self, values: list[Any]) -> dict[str, torch.Tensor]:

@@ -16,9 +16,9 @@ import timm.data
 import timm.models
 import torch
 from einops import rearrange
-from PIL import Image
 from torch import nn
 
+from mm.data.media import media_path, read_image
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian
 from mm.encoders.sources import resolve_source
 
@@ -184,8 +184,7 @@ class ImageEncoder(Encoder):
         self.set_trainable(trainable)
 
     def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
-        with Image.open(root / value) as img:
-            picture = img.convert("RGB")
+        picture = read_image(media_path(value, root))  # 8-bit RGB: 16-bit grey scaled, transparency on black
         return (self.train_transform if train else self.transform)(picture)
 
     def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ import torchaudio
 from einops import reduce
 from torch import nn
 
-from mm.data.audio_io import load_audio
+from mm.data.media import media_path, read_audio
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.image import create_backbone
 from mm.encoders.wave import WaveAugment
@@ -82,7 +82,7 @@ class SpectrogramEncoder(Encoder):
         return (logmel - logmel.mean()) / logmel.std().clamp_min(1e-5)
 
     def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
-        wave = load_audio(root / value, self.sample_rate)
+        wave = read_audio(media_path(value, root), self.sample_rate)
         augment = train and self.augment
         if augment:
             wave = self.wave_augment(wave, self.sample_rate)

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from mm.data.media import text_value
 from mm.encoders.base import Encoder, EncoderOutput, masked_mean
 from mm.encoders.sources import resolve_source
 
@@ -93,7 +94,7 @@ class TextEncoder(Encoder):
         self.set_trainable(trainable)
 
     def load(self, value: Any, root: Path, train: bool = False) -> str:
-        return str(value)
+        return text_value(value)  # a string, else a MediaError
 
     def collate(self, values: list[str | None]) -> dict[str, torch.Tensor]:
         """``tokenize``; a missing text is the empty string ([CLS] [SEP])."""
