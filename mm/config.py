@@ -7,6 +7,7 @@ the nested dict that is written to ``config.yaml`` and sent to W&B.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -245,7 +246,10 @@ def _choice(key: str, value: Any, valid: Iterable[str]) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Checks the schema cannot express: choices, ranges, modality names.
+    """Checks the schema cannot express: choices, ranges, combinations, modality names, encoder sources.
+
+    Everything here runs before any model, dataset or hub is touched, so a bad value fails in
+    milliseconds with a message that names its key and what is allowed.
 
     Choices that have a registry are read from it (fusions, heads, trainable policies, synthetic
     tasks, ...), so a new entry there is valid here with no change. The registries are imported
@@ -271,8 +275,6 @@ def validate(cfg: Config) -> None:
         _choice(f"encoders.{m}.gradual_unit", enc.gradual_unit, ("epoch", "step"))
         _choice(f"encoders.{m}.encoder", enc.encoder, list(ENCODERS.get(m, {})))
     _choice("encoders.image.augment", cfg.encoders.image.augment, AUGMENTS)
-    if len(cfg.encoders.audio.snr_db) not in (0, 2):
-        raise ConfigError("'encoders.audio.snr_db' must be [] or [low, high]")
     _choice("encoders.text.pooling", cfg.encoders.text.pooling, POOLINGS)
     if cfg.data.dataset == "synthetic":
         _choice("data.task", cfg.data.task, sorted(TASKS))
@@ -283,8 +285,6 @@ def validate(cfg: Config) -> None:
     if cfg.data.cache_features == "False":  # YAML reads a bare `off` as false
         cfg.data.cache_features = "off"
     _choice("data.cache_features", cfg.data.cache_features, ("auto", "off"))
-    if not 0 < cfg.data.train_fraction <= 1:
-        raise ConfigError("'data.train_fraction' must be in (0, 1]")
     _choice("train.metric_mode", cfg.train.metric_mode, ("max", "min"))
     _choice("head.name", cfg.head.name, sorted(HEADS))
     _choice("head.loss", cfg.head.loss, RegressionHead.LOSSES)
@@ -296,10 +296,161 @@ def validate(cfg: Config) -> None:
                                                           or "text" in cfg.data.modalities):
         raise ConfigError("'train.mixup' / 'train.cutmix' need head.name=classification and no text modality "
                           "(token ids cannot be blended)")
-    if cfg.optim.grad_accum_steps < 1:
-        raise ConfigError("'optim.grad_accum_steps' must be >= 1")
-    if cfg.train.batch_size < 1:
-        raise ConfigError("'train.batch_size' must be >= 1")
+    _check_ranges(cfg)
+    _check_fusion(cfg)
+    _check_sources(cfg)
+
+
+def _range(key: str, value: float, low: float | None = None, high: float | None = None, *,
+           open_low: bool = False, open_high: bool = False) -> None:
+    """Raise unless ``value`` is a finite number in the interval; the message names the key and the interval.
+
+    Args:
+        key: dotted config key, for the message.
+        value: the configured number.
+        low: lower bound (None: unbounded), excluded when ``open_low``.
+        high: upper bound (None: unbounded), excluded when ``open_high``.
+
+    Raises:
+        ConfigError: ``invalid value for 'optim.lr': -1.0; allowed: > 0``.
+    """
+    above = low is None or (value > low if open_low else value >= low)
+    below = high is None or (value < high if open_high else value <= high)
+    if above and below and math.isfinite(value):
+        return
+    if low is not None and high is not None:
+        allowed = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if open_low else '>='} {low:g}"
+    elif high is not None:
+        allowed = f"{'<' if open_high else '<='} {high:g}"
+    else:
+        allowed = "a finite number"
+    raise ConfigError(f"invalid value for '{key}': {value!r}; allowed: {allowed}")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every numeric field: its allowed interval, and the combinations that depend on another field."""
+    from mm.data.synthetic_render import PITCH_HZ
+
+    _range("seed", cfg.seed, 0)  # numpy's SeedSequence takes no negative seed
+    syn = cfg.data.synthetic
+    _range("data.synthetic.seed", syn.seed, 0)
+    for split in ("n_train", "n_val", "n_test"):
+        _range(f"data.synthetic.{split}", getattr(syn, split), 1)
+    _range("data.synthetic.image_size", syn.image_size, 15)  # below 15 px the shape cannot keep its margins
+    _range("data.synthetic.image_noise", syn.image_noise, 0)
+    _range("data.synthetic.text_noise", syn.text_noise, 0, 1)  # a probability
+    _range("data.synthetic.audio_snr_db", syn.audio_snr_db)  # any finite SNR, negative too
+    _range("data.synthetic.audio_seconds", syn.audio_seconds, 0.05)  # a beep must outlast its 5 ms ramps
+    nyquist = 2 * max(high for _, high in PITCH_HZ.values())
+    _range("data.synthetic.sample_rate", syn.sample_rate, nyquist, open_low=True)  # the high beeps must be representable
+
+    data = cfg.data
+    _range("data.num_workers", data.num_workers, 0)
+    _range("data.modality_dropout", data.modality_dropout, 0, 1, open_high=True)
+    _range("data.train_fraction", data.train_fraction, 0, 1, open_low=True)
+    _range("data.max_bad_fraction", data.max_bad_fraction, 0, 1, open_high=True)
+
+    for m in MODALITIES:
+        enc, key = getattr(cfg.encoders, m), f"encoders.{m}"
+        _range(f"{key}.last_n", enc.last_n, 1)
+        _range(f"{key}.gradual_every", enc.gradual_every, 1)
+        _range(f"{key}.lora_r", enc.lora_r, 1)
+        _range(f"{key}.lora_alpha", enc.lora_alpha, 0, open_low=True)
+        _range(f"{key}.lora_dropout", enc.lora_dropout, 0, 1, open_high=True)
+    text, image, audio = cfg.encoders.text, cfg.encoders.image, cfg.encoders.audio
+    _range("encoders.text.max_length", text.max_length, 2)
+    _range("encoders.text.stride", text.stride, 0, text.max_length, open_high=True)  # < max_length
+    _range("encoders.image.input_size", image.input_size, 0)  # 0 = auto
+    _range("encoders.image.hflip", image.hflip, 0, 1)
+    _range("encoders.audio.max_seconds", audio.max_seconds, 0, open_low=True)
+    _range("encoders.audio.n_mels", audio.n_mels, 1)
+    _range("encoders.audio.gain_db", audio.gain_db, 0)
+    _range("encoders.audio.shift_s", audio.shift_s, 0)
+    if len(audio.snr_db) not in (0, 2):
+        raise ConfigError(f"invalid value for 'encoders.audio.snr_db': {audio.snr_db}; allowed: [] or [low, high]")
+    if audio.snr_db:
+        low, high = audio.snr_db
+        _range("encoders.audio.snr_db[0]", low)
+        _range("encoders.audio.snr_db[1]", high, low)  # [low, high]: high >= low
+
+    for k in cfg.head.top_k:  # k >= the class count is left out by the head (see ClassificationHead)
+        _range("head.top_k", k, 1)
+
+    optim = cfg.optim
+    _range("optim.lr", optim.lr, 0, open_low=True)
+    _range("optim.backbone_lr", optim.backbone_lr, 0)
+    _range("optim.weight_decay", optim.weight_decay, 0)
+    _range("optim.momentum", optim.momentum, 0, 1, open_high=True)
+    if optim.name == "sgd" and optim.nesterov and optim.momentum == 0:
+        raise ConfigError("invalid value for 'optim.nesterov': True; needs 'optim.momentum' > 0 "
+                          "(torch's SGD has no Nesterov without momentum)")
+    _range("optim.layer_decay", optim.layer_decay, 0, 1, open_low=True)
+    if len(optim.betas) != 2:
+        raise ConfigError(f"invalid value for 'optim.betas': {optim.betas}; allowed: [beta1, beta2]")
+    for i, beta in enumerate(optim.betas):
+        _range(f"optim.betas[{i}]", beta, 0, 1, open_high=True)
+    _range("optim.warmup_ratio", optim.warmup_ratio, 0, 1)
+    _range("optim.max_grad_norm", optim.max_grad_norm, 0)  # 0 = no clipping
+    _range("optim.grad_accum_steps", optim.grad_accum_steps, 1)
+
+    train = cfg.train
+    _range("train.max_steps", train.max_steps, 0)  # 0 = run train.epochs
+    if train.max_steps == 0:
+        _range("train.epochs", train.epochs, 1)
+    _range("train.batch_size", train.batch_size, 1)
+    _range("train.eval_batch_size", train.eval_batch_size, 1)
+    _range("train.eval_every", train.eval_every, 0)  # 0 = once per epoch
+    _range("train.patience", train.patience, 0)  # 0 = no early stopping
+    _range("train.min_delta", train.min_delta, 0)
+    _range("train.label_smoothing", train.label_smoothing, 0, 1, open_high=True)
+    _range("train.mixup", train.mixup, 0)
+    _range("train.cutmix", train.cutmix, 0)
+    _range("train.mix_prob", train.mix_prob, 0, 1)
+    _range("train.max_nonfinite", train.max_nonfinite, 1)
+
+
+def _check_fusion(cfg: Config) -> None:
+    """Fusion sizes, and the attention widths that must split evenly into heads."""
+    fusion = cfg.fusion
+    probes = [m for m in cfg.data.modalities if getattr(cfg.encoders, m).trainable == "linear_probe"]
+    if probes and fusion.name != "concat":  # one linear map of the frozen features: no fusion to learn
+        raise ConfigError(f"invalid value for 'encoders.{probes[0]}.trainable': 'linear_probe'; "
+                          f"needs fusion.name=concat, not {fusion.name!r}")
+    if fusion.name == "text_tokens" and "text" not in cfg.data.modalities:
+        raise ConfigError(f"invalid value for 'fusion.name': 'text_tokens'; needs the text modality, "
+                          f"not only {cfg.data.modalities}")
+    _range("fusion.hidden_dim", fusion.hidden_dim, 1)
+    # attention is a transformer (at least one layer); the others take 0 (no MLP / no cross-attention).
+    _range("fusion.num_layers", fusion.num_layers, 1 if fusion.name == "attention" else 0)
+    _range("fusion.dropout", fusion.dropout, 0, 1, open_high=True)
+    _range("fusion.num_heads", fusion.num_heads, 1)
+    _range("fusion.rank", fusion.rank, 1)
+    _range("fusion.tensor_dim", fusion.tensor_dim, 1)
+    # Multi-head attention splits hidden_dim into num_heads equal parts: attention always attends,
+    # text_tokens only with cross-attention layers and another modality to attend to.
+    attends = fusion.name == "attention" or (
+        fusion.name == "text_tokens" and fusion.num_layers > 0 and set(cfg.data.modalities) != {"text"})
+    if attends and fusion.hidden_dim % fusion.num_heads:
+        raise ConfigError(f"invalid value for 'fusion.hidden_dim': {fusion.hidden_dim}; fusion.name={fusion.name} "
+                          f"needs a multiple of 'fusion.num_heads' ({fusion.num_heads})")
+
+
+# The library that loads an encoder kind's ``source``: what a valid source name looks like.
+_SOURCE_LIBRARIES = {"transformers": "hf", "wav2vec2": "hf", "timm": "timm", "spectrogram": "timm"}
+
+
+def _check_sources(cfg: Config) -> None:
+    """Each used encoder's source: an alias, a local path or a plausible hub / timm name, before any lookup."""
+    from mm.encoders.sources import SourceError, check_source
+
+    for m in cfg.data.modalities:
+        enc = getattr(cfg.encoders, m)
+        try:
+            check_source(enc.source, _SOURCE_LIBRARIES.get(enc.encoder))
+        except SourceError as err:
+            raise ConfigError(f"invalid value for 'encoders.{m}.source': {err}") from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -40,11 +40,19 @@ class ClassificationHead(nn.Module):
     Args:
         in_dim: size of the fused features.
         num_classes: number of classes.
-        top_k: report ``top{k}_accuracy`` for each k smaller than ``num_classes``.
+        top_k: report ``top{k}_accuracy`` for each k smaller than ``num_classes``. A k at or above
+            the class count is left out, not an error: its accuracy would be 1 by construction, and
+            the class count is known only once the data is read, so the default ``[5]`` also serves
+            binary tasks (where it reports nothing). ``self.top_k`` holds the k reported.
+
+    Raises:
+        ValueError: a k below 1 (``mm.config`` refuses it before any model is built).
     """
 
     def __init__(self, in_dim: int, num_classes: int, top_k: Sequence[int] = (5,), label_smoothing: float = 0.0):
         super().__init__()
+        if any(k < 1 for k in top_k):
+            raise ValueError(f"top_k must hold k >= 1, got {list(top_k)}")
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.top_k = [k for k in top_k if k < num_classes]
@@ -239,7 +247,7 @@ def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | 
         in_dim: size of the fused features.
         num_classes: outputs per sample (per token for ``token``); 1 for regression.
         classes: the class names; required by ``token`` (its tags, for entity metrics).
-        top_k: ``classification``: the k of the top-k accuracies.
+        top_k: ``classification``: the k of the top-k accuracies (those >= ``num_classes`` left out).
         loss: ``regression``: ``mse`` or ``l1``.
         label_smoothing: ``classification`` and ``token``: cross-entropy label smoothing.
     """

