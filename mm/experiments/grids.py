@@ -27,6 +27,14 @@ names the run folder ``<out>/runs/<cell>`` and the W&B run. The output folder ho
 memory), ``results.csv``, ``summary.md``, ``summary.png``, and ``configs/`` and ``logs/`` of
 subprocess cells. Rerunning the same command resumes (``mm.experiments.runner``); the
 ``peak_memory_kind`` column says how a cell's peak memory was measured.
+
+A grid spreads over machines in shards: shard ``i`` of ``n`` runs the cells whose 0-based
+position modulo ``n`` is ``i`` (``Shard``). Shards run at the same time into the same output
+folder: each records its cells in ``shards/<i>-of-<n>/state.json`` and writes its partial
+results.csv, summary.md and summary.png there, never the grid's own. ``report_grid`` (``--report``)
+then builds the grid's results.csv, summary.md and summary.png from every state file of the
+folder and names the cells that have no result yet. A whole-grid run also counts the cells that
+shards finished as done, and shards count the whole-grid run's.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import yaml
 
 from mm.config import Config, ConfigError
 from mm.experiments import reports
-from mm.experiments.runner import run_cells, write_atomic
+from mm.experiments.runner import SHARDS, STATE, is_done, read_states, run_cells, write_atomic
 from mm.experiments.spec import (
     RESERVED_KEYS,
     ROOT,
@@ -124,8 +132,16 @@ def grid_dict(grid: Grid, metric: str) -> dict[str, Any]:
             "grid": grid.grid, "seeds": grid.seeds, "metric": metric, "ceilings": grid.ceilings}
 
 
-def sweep_config(grid: Grid, metric: str, mode: str) -> dict[str, Any]:
-    """The grid as a W&B sweep: ``wandb agent`` passes ``key=value`` args that scripts/train.py reads."""
+def sweep_config(grid: Grid, metric: str, mode: str, project: str | None = None,
+                 entity: str | None = None) -> dict[str, Any]:
+    """The grid as a W&B sweep: ``wandb agent`` passes ``key=value`` args that scripts/train.py reads.
+
+    ``wandb agent`` runs ``command`` from its working folder (the repo root), with ``python``
+    from its PATH, the values as ``key=value`` (``${args_no_hyphens}``; a list as
+    ``data.modalities=['text', 'image']``, which the config reads as YAML) and ``WANDB_RUN_ID``
+    set: ``wandb.init`` then ignores the run id, project and entity it is given, so ``project``
+    and ``entity`` (the cells' ``wandb.project`` and ``wandb.entity``) go into the sweep itself.
+    """
     bundles = [k for k, v in grid.grid.items() if isinstance(v, dict)]
     if bundles:
         raise ConfigError(f"{grid.path}: a W&B sweep varies single keys; bundles {bundles} cannot be exported")
@@ -136,15 +152,47 @@ def sweep_config(grid: Grid, metric: str, mode: str) -> dict[str, Any]:
         rel = grid.base.relative_to(ROOT) if grid.base.is_relative_to(ROOT) else grid.base
         base = ["--config", str(rel)]
     fixed = [*grid.overrides, f"wandb.group={grid.name}", "wandb.job_type=ablation"]
-    return {"name": grid.name, "program": "scripts/train.py", "method": "grid",
+    where = {key: value for key, value in (("project", project), ("entity", entity)) if value}
+    return {"name": grid.name, **where, "program": "scripts/train.py", "method": "grid",
             "metric": {"name": f"best/val/{metric}", "goal": "maximize" if mode == "max" else "minimize"},
             "parameters": parameters,
             "command": ["${env}", "python", "${program}", *base, *fixed, "${args_no_hyphens}"]}
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: the cells whose position modulo ``count`` is ``index``."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``I/N`` as on the command line, e.g. ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``.
+
+        Raises:
+            ValueError: not two integers with ``0 <= I < N``; the message says why.
+        """
+        index, sep, count = text.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"--shard wants I/N with integers 0 <= I < N (e.g. 0/4), not {text!r}")
+        shard = cls(int(index), int(count))
+        if shard.count < 1 or shard.index >= shard.count:
+            raise ValueError(f"--shard {text}: need N >= 1 and 0 <= I < N (shards are numbered 0 to N-1)")
+        return shard
+
+    def select(self, cells: list[Cell]) -> list[Cell]:
+        """This shard's cells, in grid order."""
+        return cells[self.index::self.count]
+
+    def folder(self, out_dir: Path) -> Path:
+        """Where this shard's state file and partial reports go."""
+        return out_dir / SHARDS / f"{self.index}-of-{self.count}"
+
+
 @dataclass
 class GridRun:
-    """What ``run_grid`` did: the cells, their final state, the result rows and the summary."""
+    """What ``run_grid`` or ``report_grid`` did: the cells, their state, the result rows and the summary."""
 
     cells: list[Cell]
     state: dict[str, dict[str, Any]]
@@ -156,17 +204,38 @@ class GridRun:
     def failed(self) -> list[str]:
         return [name for name, entry in self.state.items() if entry["status"] == "failed"]
 
+    @property
+    def missing(self) -> list[str]:
+        """The cells without a result, in grid order."""
+        done = {row["cell"] for row in self.rows}
+        return [cell.name for cell in self.cells if cell.name not in done]
+
 
 def run_grid(grid: Grid, cells: list[Cell], out_dir: Path, *, workers: int = 1, use_subprocess: bool = False,
-             log: Callable[[str], None] = print) -> GridRun:
+             shard: Shard | None = None, log: Callable[[str], None] = print) -> GridRun:
     """Runs the cells not yet done, then writes results.csv, summary.md and summary.png.
 
     Finished cells are skipped; failed, interrupted (still ``running``) and pending cells are run
     from a clean run folder. An exception fails its cell and the grid goes on; a
     KeyboardInterrupt stops the grid and leaves the cell ``running``, to be rerun next time.
+
+    Args:
+        grid: The grid.
+        cells: All its cells (``expand``).
+        out_dir: The output folder.
+        workers: Cells trained at once.
+        use_subprocess: Train each cell in its own interpreter.
+        shard: Run only this shard's cells, keep their state in the shard's folder and write the
+            reports of those cells there (no W&B summary run); None (or one shard of one) runs all.
+        log: Where progress lines go.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     metric = grid.metric or cells[0].cfg.train.metric
+    shard = shard if shard and shard.count > 1 else None
+    if shard:
+        cells, reports_dir = shard.select(cells), shard.folder(out_dir)
+    else:
+        reports_dir = out_dir
     header = f"# python scripts/ablate.py {out_dir / 'grid.yaml'} --out {out_dir}\n"
     write_atomic(out_dir / "grid.yaml", header + yaml.safe_dump(grid_dict(grid, metric), sort_keys=False))
 
@@ -176,9 +245,36 @@ def run_grid(grid: Grid, cells: list[Cell], out_dir: Path, *, workers: int = 1, 
                 f"test/{metric}={res['test'].get(metric, math.nan):.4f} ({seconds:.1f}s)")
 
     state, trained = run_cells(cells, out_dir, label="ablate", describe=describe, workers=workers,
-                               use_subprocess=use_subprocess, log=log)
-    rows, summary = write_reports(grid, cells, state.cells, out_dir, metric)
+                               use_subprocess=use_subprocess, state_file=reports_dir / STATE, log=log)
+    rows, summary = write_reports(grid, cells, state.cells, reports_dir, metric, summary_run=shard is None)
     return GridRun(cells, state.cells, rows, summary, trained)
+
+
+def grid_state(cells: list[Cell], out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each cell's entry as recorded by any run or shard in ``out_dir``.
+
+    A ``done`` entry whose run no longer matches the cell (results.json gone, or trained with
+    another config) has status ``stale``; a cell nobody recorded is ``pending``.
+    """
+    recorded = read_states(out_dir)
+    state = {}
+    for cell in cells:
+        entry = dict(recorded.get(cell.name, {"status": "pending", "run_dir": None, "error": None}))
+        if entry["status"] == "done" and not is_done(entry, cell):
+            entry["status"] = "stale"
+        state[cell.name] = entry
+    return state
+
+
+def report_grid(grid: Grid, cells: list[Cell], out_dir: Path) -> GridRun:
+    """Writes results.csv, summary.md and summary.png of everything every shard recorded; trains nothing.
+
+    The rows are the cells done with the config they have now; ``GridRun.missing`` names the others.
+    """
+    metric = grid.metric or cells[0].cfg.train.metric
+    state = grid_state(cells, out_dir)
+    rows, summary = write_reports(grid, cells, state, out_dir, metric)
+    return GridRun(cells, state, rows, summary, trained=[])
 
 
 def result_rows(cells: list[Cell], state: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -213,8 +309,8 @@ def _throughput(cfg: Config, run_dir: Path, res: dict[str, Any]) -> float:
 
 
 def write_reports(grid: Grid, cells: list[Cell], state: dict[str, dict[str, Any]], out_dir: Path,
-                  metric: str) -> tuple[list[dict[str, Any]], str]:
-    """Writes results.csv, summary.md and summary.png, and logs them to a W&B summary run."""
+                  metric: str, summary_run: bool = True) -> tuple[list[dict[str, Any]], str]:
+    """Writes results.csv, summary.md and summary.png, and logs them to a W&B summary run if ``summary_run``."""
     rows = result_rows(cells, state)
     reports.write_csv(out_dir / "results.csv", rows)
     if not rows:
@@ -224,6 +320,8 @@ def write_reports(grid: Grid, cells: list[Cell], state: dict[str, dict[str, Any]
     summary = reports.grid_markdown(grid, table, metric, cfg.train.metric_mode)
     write_atomic(out_dir / "summary.md", summary)
     plot = reports.grid_plot(grid, table, metric, out_dir / "summary.png")
-    reports.log_summary_run(out_dir, grid_dict(grid, metric), cfg, group=grid.name, job_type="ablation-summary",
-                            tables={"summary": table}, images={"summary_plot": plot})
+    if summary_run:
+        reports.log_summary_run(out_dir, grid_dict(grid, metric), cfg, group=grid.name,
+                                job_type="ablation-summary",
+                                tables={"summary": table}, images={"summary_plot": plot})
     return rows, summary

@@ -1,10 +1,16 @@
-"""Running cells resumably: ``state.json``, in-process or ``python -m mm.experiments.cell`` subprocesses.
+"""Running cells resumably: state files, in-process or ``python -m mm.experiments.cell`` subprocesses.
 
 ``run_cells`` is the one loop of grids and learning curves. A cell is skipped when it is
 ``done``, its ``results.json`` exists and its ``config.yaml`` equals the cell's config now; any
 other cell (failed, interrupted, pending, or changed by an edit of the spec) reruns from a
 deleted, clean run folder. An exception fails its cell and the others go on; a
 KeyboardInterrupt stops the loop and leaves the cell ``running``, to be rerun next time.
+
+Each process that runs cells owns one state file and is its only writer: ``state.json`` for a
+whole spec, ``shards/<i>-of-<n>/state.json`` for a shard (``mm.experiments.grids``), so
+shards on several machines share an output folder without clashing. A cell done according to
+any state file of the folder counts as done for all (``read_states``); every file is written
+whole, via a temporary file of its own and ``os.replace``.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` of the cell when it trains in-process on CUDA;
 otherwise the peak resident set size (``getrusage``'s ``ru_maxrss``): of the cell's own process
@@ -23,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -34,24 +41,69 @@ from mm.runtime import pick_device
 
 Describe = Callable[[Cell, Path, float], str]  # (cell, run_dir, seconds) -> the text of its "done" line
 _LIVE: set[subprocess.Popen] = set()  # subprocess cells, terminated on an interrupt
+STATE = "state.json"
+SHARDS = "shards"  # shards/<i>-of-<n>/: a shard's own state file (and partial reports)
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Writes ``path`` via a temporary file and ``os.replace``: never half-written."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Writes ``path`` via a temporary file and ``os.replace``: never half-written.
+
+    The temporary name is unique, so processes on several machines may write the same file.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-class State:
-    """``state.json``: each cell's status (pending, running, done, failed), run_dir and error."""
+def state_files(out_dir: Path) -> list[Path]:
+    """The state files of an output folder: ``state.json``, then each shard's, in name order."""
+    return [p for p in [out_dir / STATE, *sorted((out_dir / SHARDS).glob(f"*/{STATE}"))] if p.is_file()]
 
-    def __init__(self, path: Path, cells: list[Cell]) -> None:
+
+def read_states(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every cell entry recorded in ``out_dir``'s state files; a ``done`` entry wins over the others."""
+    merged: dict[str, dict[str, Any]] = {}
+    for path in state_files(out_dir):
+        for name, entry in json.loads(path.read_text())["cells"].items():
+            done_before = name in merged and merged[name]["status"] == "done"
+            if name not in merged or (entry["status"] == "done" and not done_before):
+                merged[name] = entry
+    return merged
+
+
+def is_done(entry: dict[str, Any], cell: Cell) -> bool:
+    """Whether a state entry is done, with its results.json, and trained with the config the cell has now."""
+    run_dir = Path(entry["run_dir"] or "")
+    if entry["status"] != "done" or not (run_dir / "results.json").is_file():
+        return False
+    try:
+        return load_config(run_dir / "config.yaml") == cell.cfg
+    except ConfigError:
+        return False
+
+
+class State:
+    """A state file: each cell's status (pending, running, done, failed), run_dir and error.
+
+    Args:
+        path: The file, written by this process only.
+        cells: The cells it records.
+        recorded: Entries of other state files (``read_states``): a cell that is not done in
+            ``path`` but done there starts from that entry.
+    """
+
+    def __init__(self, path: Path, cells: list[Cell], recorded: dict[str, dict[str, Any]] | None = None) -> None:
         self.path = path
-        old = json.loads(path.read_text())["cells"] if path.exists() else {}
-        self.cells = {c.name: old.get(c.name, {"status": "pending", "run_dir": None, "error": None})
-                      for c in cells}
+        own = json.loads(path.read_text())["cells"] if path.exists() else {}
+        recorded = recorded or {}
+        self.cells = {}
+        for c in cells:
+            entry = own.get(c.name, {"status": "pending", "run_dir": None, "error": None})
+            if entry["status"] != "done" and recorded.get(c.name, {}).get("status") == "done":
+                entry = recorded[c.name]
+            self.cells[c.name] = dict(entry)
         self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.save()
 
     def update(self, name: str, **values: Any) -> None:
@@ -65,14 +117,7 @@ class State:
 
     def is_done(self, cell: Cell) -> bool:
         """Done, with its results.json, and trained with the config the cell has now."""
-        entry = self.cells[cell.name]
-        run_dir = Path(entry["run_dir"] or "")
-        if entry["status"] != "done" or not (run_dir / "results.json").is_file():
-            return False
-        try:
-            return load_config(run_dir / "config.yaml") == cell.cfg
-        except ConfigError:
-            return False
+        return is_done(self.cells[cell.name], cell)
 
     @property
     def failed(self) -> list[str]:
@@ -81,12 +126,13 @@ class State:
 
 def run_cells(cells: list[Cell], out_dir: Path, *, label: str, describe: Describe,
               measure: Callable[[Cell, Path], Any] | None = None, workers: int = 1, use_subprocess: bool = False,
-              announce: bool = True, log: Callable[[str], None] = print) -> tuple[State, list[str]]:
+              announce: bool = True, state_file: Path | None = None,
+              log: Callable[[str], None] = print) -> tuple[State, list[str]]:
     """Trains the cells not yet done, in order; returns the final state and the names trained now.
 
     Args:
-        cells: All cells of the spec; finished ones are skipped.
-        out_dir: The output folder: ``state.json``, ``runs/``, and ``configs/`` and ``logs/`` of
+        cells: The cells to run (all of a spec, or a shard's); finished ones are skipped.
+        out_dir: The output folder: state files, ``runs/``, and ``configs/`` and ``logs/`` of
             subprocess cells.
         label: The log prefix, ``[<label> i/n seconds]``.
         describe: The text after a finished cell's name in its ``done`` line.
@@ -95,9 +141,10 @@ def run_cells(cells: list[Cell], out_dir: Path, *, label: str, describe: Describ
         workers: Cells trained at once, each from its own thread.
         use_subprocess: Train each cell as ``python -m mm.experiments.cell`` (else ``mm.train.train``).
         announce: Also log each cell's start and the rerun of an interrupted one.
+        state_file: This process's state file; default ``out_dir/state.json``.
         log: Where progress lines go.
     """
-    state = State(out_dir / "state.json", cells)
+    state = State(state_file or out_dir / STATE, cells, read_states(out_dir))
     t0, total, trained = time.perf_counter(), len(cells), []
     lock, stopping = threading.Lock(), threading.Event()
 
