@@ -44,15 +44,17 @@ def _under(key: str, prefixes: Any) -> bool:
     return any(key.startswith(p + ".") for p in prefixes)
 
 
-def save_weights(model: nn.Module, path: Path, omit: dict[str, str] | None = None) -> None:
-    """Write the weights of ``model`` to ``path`` (safetensors), atomically.
+def save_weights(model: nn.Module | None, path: Path, omit: dict[str, str] | None = None,
+                 weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the weights of ``model`` (or the given ``weights``) to ``path`` (safetensors), atomically.
 
     Args:
         omit: module prefix -> weights digest of modules to leave out (``frozen_backbones``).
+        weights: a full state dict to write instead of ``model.state_dict()`` (FSDP gathers one).
     """
     omit = omit or {}
     state, seen = {}, set()
-    for key, tensor in model.state_dict().items():
+    for key, tensor in (weights if weights is not None else model.state_dict()).items():
         if _under(key, omit):
             continue
         t = tensor.detach().contiguous()

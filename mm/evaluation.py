@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from mm.checkpoint import load_weights
 from mm.config import Config, load_config
+from mm.distributed import Dist, gather
 from mm.features import encode_with_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
@@ -48,9 +49,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Mul
 
 @torch.no_grad()
 def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, precision: str,
-             outputs: dict[str, list] | None = None) -> dict[str, float]:
+             outputs: dict[str, list] | None = None, dist: Dist | None = None) -> dict[str, float]:
     """Loss and the head's metrics over a whole split (per-batch logits and labels are kept in
-    ``outputs`` when given)."""
+    ``outputs`` when given).
+
+    Under torchrun (``dist``) each rank's loader holds its contiguous share of the split
+    (``mm.distributed.eval_batches``); the shares are gathered in rank order, so every rank computes
+    the metrics of the whole split, each sample counted once.
+    """
     model.eval()
     logits, labels, loss_sum, n = [], [], 0.0, 0
     for batch in loader:
@@ -61,6 +67,10 @@ def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, p
         n += len(batch["label"])
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
+    if dist is not None and dist.enabled:
+        shares = gather((logits, labels, loss_sum, n), dist)
+        logits, labels = [t for s in shares for t in s[0]], [t for s in shares for t in s[1]]
+        loss_sum, n = sum(s[2] for s in shares), sum(s[3] for s in shares)
     metrics = model.head.metrics(logits, labels)
     if outputs is not None:
         outputs.update(logits=logits, labels=labels)

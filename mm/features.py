@@ -121,14 +121,15 @@ def feature_key(encoder: dict[str, Any], modality: str, dataset: Any, split: str
 
 
 def encode_with_cache(model: nn.Module, batch: dict[str, Any]) -> dict[str, EncoderOutput] | None:
-    """Every modality's outputs: cached ones from the batch, the others from their encoders.
+    """The cached modalities' outputs carried by the batch; the model's forward encodes the others
+    (inside its own forward, where DDP and FSDP expect every trainable encoder to run).
 
     None when the batch carries no cached outputs (the model then encodes everything itself).
     """
     cached = batch.get("cached")
     if not cached:
         return None
-    return {m: EncoderOutput(**cached[m]) if m in cached else model.encoders[m](batch[m]) for m in model.modalities}
+    return {m: EncoderOutput(**cached[m]) for m in model.modalities if m in cached}
 
 
 def describe(entry: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from mm.config import Config, PolicyConfig
 from mm.data import picture_side
 from mm.encoders import build_encoder
 from mm.encoders.base import EncoderOutput
-from mm.encoders.policies import apply_policy
+from mm.encoders.policies import apply_policy, enable_grad_checkpointing
 from mm.fusion import build_fusion
 from mm.heads import build_head
 
@@ -63,8 +63,10 @@ class MultimodalModel(nn.Module):
             present = {m: dropped[:, i] for i, m in enumerate(self.modalities)}
         return present
 
-    def encode(self, batch: dict[str, Any]) -> dict[str, EncoderOutput]:
-        return {m: self.encoders[m](batch[m]) for m in self.modalities}
+    def encode(self, batch: dict[str, Any], given: dict[str, EncoderOutput] | None = None) -> dict[str, EncoderOutput]:
+        """Every modality's outputs, in modality order: those ``given`` (cached), the others encoded."""
+        given = given or {}
+        return {m: given[m] if m in given else self.encoders[m](batch[m]) for m in self.modalities}
 
     def fill_missing(self, outputs: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> dict[str, EncoderOutput]:
         """Absent samples get the learned missing embedding as pooled feature and as their one token."""
@@ -84,9 +86,10 @@ class MultimodalModel(nn.Module):
         return filled
 
     def forward(self, batch: dict[str, Any], outputs: dict[str, EncoderOutput] | None = None) -> torch.Tensor:
-        """Logits for a batch; ``outputs`` may pass precomputed encoder outputs for it."""
+        """Logits for a batch; ``outputs`` may pass precomputed encoder outputs for some or all of
+        its modalities."""
         present = self.presence(batch)
-        outputs = self.fill_missing(outputs if outputs is not None else self.encode(batch), present)
+        outputs = self.fill_missing(self.encode(batch, outputs), present)
         return self.head(self.fusion(outputs, present))
 
 
@@ -106,6 +109,8 @@ def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> M
         apply_policy(encoder, enc_cfg["trainable"], last_n=enc_cfg["last_n"], lora_r=enc_cfg["lora_r"],
                      lora_alpha=enc_cfg["lora_alpha"], lora_dropout=enc_cfg["lora_dropout"],
                      lora_targets=enc_cfg["lora_targets"])
+        if enc_cfg["grad_checkpointing"]:
+            enable_grad_checkpointing(encoder)
         encoders[m] = encoder
     fusion_kwargs = {k: v for k, v in vars(cfg.fusion).items() if k != "name"}
     if any(e.policy == "linear_probe" for e in encoders.values()):

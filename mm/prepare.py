@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from mm.config import Config
 from mm.data import build_splits, training_classes
 from mm.data.collate import Collator
+from mm.distributed import Dist, eval_batches
 from mm.features import use_feature_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
@@ -44,19 +45,25 @@ class Prepared:
     collate: Callable[[list[dict]], dict[str, Any]]
     device: torch.device
     feature_cache: dict[str, Any] = field(default_factory=dict)
+    dist: Dist = field(default_factory=Dist)
 
     def loader(self, split: str, batch_sampler: Any = None, dataset: Dataset | None = None) -> DataLoader:
-        """A loader over ``split`` (or ``dataset``): the given batches, else ``eval_batch_size`` in order."""
+        """A loader over ``split`` (or ``dataset``): the given batches, else ``eval_batch_size`` in
+        order (under torchrun: this rank's contiguous share, ``mm.distributed.eval_batches``)."""
+        data = self.splits[split] if dataset is None else dataset
+        if batch_sampler is None and self.dist.enabled:
+            batch_sampler = eval_batches(len(data), self.cfg.train.eval_batch_size, self.dist)
         kwargs: dict[str, Any] = ({"batch_sampler": batch_sampler} if batch_sampler is not None
                                   else {"batch_size": self.cfg.train.eval_batch_size})
         # A private generator keeps the DataLoader from drawing on the global RNG (dropout's).
-        return DataLoader(self.splits[split] if dataset is None else dataset, collate_fn=self.collate,
+        return DataLoader(data, collate_fn=self.collate,
                           num_workers=self.cfg.data.num_workers, generator=torch.Generator(),
                           pin_memory=self.device.type == "cuda", **kwargs)
 
 
 def prepare(cfg: Config, classes: list | None = None, model: MultimodalModel | None = None,
-            device: torch.device | None = None, cache: bool = True, augment: bool = True) -> Prepared:
+            device: torch.device | None = None, cache: bool = True, augment: bool = True,
+            dist: Dist | None = None) -> Prepared:
     """Build (or take) the model of ``cfg`` and the data it reads.
 
     Args:
@@ -67,6 +74,7 @@ def prepare(cfg: Config, classes: list | None = None, model: MultimodalModel | N
         cache: serve frozen encoders' outputs from the feature cache (when ``data.cache_features``
             allows it).
         augment: let the training split use the encoders' augmentation (off for feature extraction).
+        dist: under torchrun, this process's rank (its loaders take its share of each split).
     """
     device = device or pick_device(cfg.train.device)
     if classes is None:
@@ -82,4 +90,4 @@ def prepare(cfg: Config, classes: list | None = None, model: MultimodalModel | N
     if cache:
         # Frozen encoders' outputs are computed once per split and weights, then served from the cache.
         splits, collate, report = use_feature_cache(cfg, model, splits, collate, device)
-    return Prepared(cfg, model, splits, classes, collate, device, report)
+    return Prepared(cfg, model, splits, classes, collate, device, report, dist or Dist())

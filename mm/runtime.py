@@ -2,7 +2,7 @@
 
 Everything here is a small pure helper that the training loop, the feature cache, evaluation,
 learning curves and baselines share; nothing here imports the loop, so no module needs the loop
-for a helper. Distributed helpers (rank, world size) land here too.
+for a helper. Distributed helpers (rank, world size, sharding) live in ``mm.distributed``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 otherwise."""
+    """bf16 autocast on CUDA (``auto`` or ``bf16``); fp16 autocast when asked for (on any device:
+    the training loop pairs it with a GradScaler); plain fp32 otherwise (``bf16`` on a CPU too)."""
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
 
 

@@ -17,8 +17,12 @@ from typing import Any
 
 import torch
 
+from safetensors.torch import load_file
+
+from mm import distributed
 from mm.checkpoint import frozen_backbones, load_state, load_weights, save_state, save_weights
 from mm.config import Config, to_dict, to_yaml
+from mm.distributed import Dist
 from mm.encoders.policies import gradual_blocks, thaw
 from mm.evaluation import evaluate
 from mm.features import encode_with_cache
@@ -27,7 +31,7 @@ from mm.model import MultimodalModel, parameter_counts
 from mm.optim import build_optimizer, build_scheduler
 from mm.prepare import prepare
 from mm.reports import report_table, token_report, write_classification_report, write_token_report
-from mm.runtime import autocast, epoch_batches, seed_everything, to_device, train_subset
+from mm.runtime import autocast, epoch_batches, pick_device, seed_everything, to_device, train_subset
 from mm.tracking import Tracker
 
 
@@ -36,7 +40,7 @@ def default_run_name(cfg: Config) -> str:
     return f"{data}-{'+'.join(sorted(cfg.data.modalities))}-{cfg.fusion.name}-s{cfg.seed}"
 
 
-def run_folder(cfg: Config) -> Path:
+def run_folder(cfg: Config, d: Dist = Dist()) -> Path:
     """``out_dir/name``; a new run never overwrites an old one (``-2``, ``-3``... are appended)."""
     base = Path(cfg.train.out_dir) / (cfg.name or default_run_name(cfg))
     if cfg.train.resume:
@@ -47,7 +51,7 @@ def run_folder(cfg: Config) -> Path:
     while run_dir.exists():
         k += 1
         run_dir = base.with_name(f"{base.name}-{k}")
-    return run_dir
+    return distributed.broadcast(run_dir, d)  # rank 0 picks the name; every rank uses it
 
 
 @dataclass
@@ -88,17 +92,20 @@ def update_gradual(model: MultimodalModel, cfg: Config, step: int, epoch: int) -
 
 
 def train_step(model: MultimodalModel, batch: dict, device: torch.device, precision: str, scale: float,
-               mixing: Mixing | None = None) -> torch.Tensor:
+               mixing: Mixing | None = None, forward: torch.nn.Module | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Forward and backward of one micro-batch (mixed, when mixup/cutmix is on); the loss is scaled
-    for gradient accumulation. Returns the unscaled loss, detached and left on the device (no host
-    sync per step)."""
+    for gradient accumulation (and by fp16's GradScaler). ``forward`` is what runs the model: the
+    DDP / FSDP / compiled wrapper of ``model``, or ``model`` itself. Returns the unscaled loss,
+    detached and left on the device (no host sync per step)."""
     batch = to_device(batch, device)
     if mixing is not None and mixing.active:
         batch = mixing(batch)
     with autocast(device, precision):
-        logits = model(batch, outputs=encode_with_cache(model, batch))
+        logits = (model if forward is None else forward)(batch, outputs=encode_with_cache(model, batch))
     loss = model.head.loss(logits, batch)
-    (loss * scale).backward()
+    scaled = loss * scale
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
     return loss.detach()
 
 
@@ -110,29 +117,45 @@ def train(cfg: Config) -> dict[str, Any]:
         written to ``run_dir/results.json``.
     """
     t_start = time.perf_counter()
+    # Under torchrun every rank runs this function; rank 0 alone writes the run folder, checkpoints
+    # and W&B (``mm.distributed``). All ranks seed alike, so they build the same initial model.
+    d = distributed.init(pick_device(cfg.train.device))
     seed_everything(cfg.seed, cfg.train.deterministic)
-    run_dir = run_folder(cfg)
+    run_dir = run_folder(cfg, d)
     ckpt_dir = run_dir / "checkpoints"
     resume_state = load_state(ckpt_dir / "last" / "state.pt") if cfg.train.resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if resume_state:
+        check_world(resume_state, d, cfg)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     # Model, data (decoded by the encoders), collate and feature cache: ``mm.prepare``. The class
-    # list comes from the training split (or the checkpoint, on resume).
-    job = prepare(cfg, classes=resume_state["classes"] if resume_state else None)
+    # list comes from the training split (or the checkpoint, on resume). Rank 0 builds the feature
+    # cache first; the other ranks then find it on disk.
+    with distributed.main_first(d):
+        job = prepare(cfg, classes=resume_state["classes"] if resume_state else None,
+                      device=distributed.rank_device(pick_device(cfg.train.device), d), dist=d)
     model, splits, classes, device, loader = job.model, job.splits, job.classes, job.device, job.loader
-    (run_dir / "classes.json").write_text(json.dumps(classes))
+    if d.main:
+        (run_dir / "classes.json").write_text(json.dumps(classes))
 
-    # Schedule length: optimizer steps per epoch (accumulated micro-batches) x epochs.
-    accum = cfg.optim.grad_accum_steps
+    # Schedule length: optimizer steps per epoch (accumulated micro-batches) x epochs. A micro-batch
+    # holds batch_size samples per rank: the global batch is batch_size x ranks x accumulation.
+    accum, global_micro = cfg.optim.grad_accum_steps, cfg.train.batch_size * d.world
     train_idx = train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed)
     n_train = len(train_idx)
-    steps_per_epoch = math.ceil(math.ceil(n_train / cfg.train.batch_size) / accum)
+
+    def epoch_micro(epoch: int) -> list[list[int]]:
+        """The global micro-batches of an epoch (a pure function of seed and epoch, so a resumed run
+        sees the same batches); each rank reads its slice of each."""
+        micro = epoch_batches(n_train, global_micro, cfg.seed, epoch)
+        return distributed.usable([[train_idx[i] for i in b] for b in micro], d)
+
+    steps_per_epoch = math.ceil(len(epoch_micro(0)) / accum)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     eval_every = cfg.train.eval_every or steps_per_epoch
     mixing = Mixing(cfg.train.mixup, cfg.train.cutmix, cfg.train.mix_prob)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     metric_key = f"val/{cfg.train.metric}"
     stopper = EarlyStopping(cfg.train.metric_mode, cfg.train.patience, cfg.train.min_delta)
 
@@ -142,26 +165,48 @@ def train(cfg: Config) -> dict[str, Any]:
     step = 0
     if resume_state:
         load_weights(model, ckpt_dir / "last" / "model.safetensors")
-        optimizer.load_state_dict(resume_state["optimizer"])
+    # Wrap for the ranks (DDP / FSDP), compile if asked, then the optimizer over the wrapped
+    # parameters (FSDP's are sharded). fp16 scales the loss so small gradients survive.
+    strategy = cfg.train.strategy
+    forward = wrap(model, d, cfg, device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    if resume_state:
+        distributed.load_optimizer_state(model, optimizer, resume_state["optimizer"], strategy, d)
         scheduler.load_state_dict(resume_state["scheduler"])
+        if "scaler" in resume_state:
+            scaler.load_state_dict(resume_state["scaler"])
         step = resume_state["step"]
         stopper = EarlyStopping(**resume_state["early_stopping"])
-        torch.set_rng_state(resume_state["rng"])
+        rngs = resume_state.get("rng_ranks") or [resume_state["rng"]]
+        torch.set_rng_state(rngs[d.rank] if len(rngs) == d.world else rngs[0])
+    if d.enabled and not resume_state:
+        torch.manual_seed(cfg.seed + 7919 * d.rank)  # dropout masks differ between ranks
     counts = parameter_counts(model)
     tracker = Tracker(
         run_dir, to_dict(cfg), mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
         group=cfg.wandb.group, name=run_dir.name, tags=cfg.wandb.tags, job_type=cfg.wandb.job_type,
         resume_step=step if resume_state else None,
-    )
+    ) if d.main else Silent()
     tracker.summary(counts)
 
-    def checkpoint() -> None:
-        save_weights(model, ckpt_dir / "last" / "model.safetensors", omit)
-        save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "early_stopping": vars(stopper), "rng": torch.get_rng_state(),
-                    "classes": classes}, ckpt_dir / "last" / "state.pt")
+    def save_model(kind: str) -> None:
+        weights = distributed.model_state(model, strategy, d)  # a collective under FSDP
+        if d.main:
+            save_weights(model, ckpt_dir / kind / "model.safetensors", omit, weights)
 
-    progress = _progress(total_steps, step, cfg.train.progress)
+    def checkpoint() -> None:
+        save_model("last")
+        optim_state = distributed.optimizer_state(model, optimizer, strategy, d)
+        rngs = distributed.gather(torch.get_rng_state(), d)
+        if d.main:
+            save_state({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
+                        "early_stopping": vars(stopper), "rng": rngs[0], "rng_ranks": rngs,
+                        "scaler": scaler.state_dict(), "world": d.world, "strategy": strategy,
+                        "global_batch": global_micro * accum, "classes": classes}, ckpt_dir / "last" / "state.pt")
+
+    progress = _progress(total_steps, step, cfg.train.progress and d.main)
     postfix: dict[str, str] = {}
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -169,26 +214,34 @@ def train(cfg: Config) -> dict[str, Any]:
     while step < total_steps and not stopper.should_stop:
         # One epoch's batches, grouped into optimizer steps; a resumed run skips those done.
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        micro = [[train_idx[i] for i in b] for b in epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch)]
+        micro = epoch_micro(epoch)
         groups = [micro[i : i + accum] for i in range(0, len(micro), accum)][done_in_epoch:]
         splits["train"].set_epoch(epoch)  # augmentation drawn from (seed, epoch, sample)
-        batches = iter(loader("train", [idx for group in groups for idx in group]))
+        batches = iter(loader("train", [distributed.shard(b, d) for group in groups for b in group]))
         for group in groups:
             # Gradual unfreezing: open more backbone blocks when the schedule says so.
             opened = update_gradual(model, cfg, step, step // steps_per_epoch)
             if opened:
+                forward = wrap(model, d, cfg, device) if d.enabled else forward  # DDP must see the new set
                 tracker.log({"train/trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}, step)
-            # Accumulate gradients over the group's micro-batches, then clip and step.
-            for _ in group:
+            # Accumulate gradients over the group's micro-batches (ranks average them on the last
+            # one), then clip and step. Each rank's loss is weighted by its share of the global
+            # micro-batch, so uneven shards average exactly like one process would.
+            for i, micro_batch in enumerate(group):
                 batch = next(batches)
-                window_loss += train_step(model, batch, device, cfg.train.precision, 1.0 / len(group), mixing)
+                weight = len(batch["label"]) * d.world / len(micro_batch)  # 1 when shards are even
+                with distributed.no_sync(forward, sync=i == len(group) - 1):
+                    window_loss += train_step(model, batch, device, cfg.train.precision, weight / len(group),
+                                              mixing, forward, scaler)
                 window_n += 1
-                samples += len(batch["label"])
+                samples += len(batch["label"]) * d.world
+            scaler.unscale_(optimizer)
             if cfg.optim.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(
                     [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm
                 )
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -201,7 +254,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 elapsed = time.perf_counter() - window_t
                 lrs = {f"train/lr/{g['name'].split('/')[0]}": g["lr"] for g in optimizer.param_groups}
                 # The one host sync of the logging window: the summed loss comes back here.
-                mean_loss = float(window_loss) / window_n
+                mean_loss = distributed.mean(float(window_loss) / window_n, d)
                 tracker.log({"train/loss": mean_loss, "train/epoch": step / steps_per_epoch,
                              "train/samples_per_s": samples / elapsed, **lrs}, step)
                 postfix["loss"] = f"{mean_loss:.3f}"
@@ -210,13 +263,13 @@ def train(cfg: Config) -> dict[str, Any]:
 
             # Validate; keep the best weights by the chosen metric; checkpoint for --resume.
             if is_eval:
-                val = {f"val/{k}": v for k, v in evaluate(model, loader("val"), device, cfg.train.precision).items()}
+                val = {f"val/{k}": v for k, v in evaluate(model, loader("val"), device, cfg.train.precision, dist=d).items()}
                 model.train()
                 tracker.log(val, step)
                 if metric_key not in val:
                     raise KeyError(f"train.metric: {cfg.train.metric!r} is not a val metric; have {sorted(val)}")
                 if stopper.update(val[metric_key], step):
-                    save_weights(model, ckpt_dir / "best" / "model.safetensors", omit)
+                    save_model("best")
                 postfix[f"val_{cfg.train.metric}"] = f"{val[metric_key]:.3f}"
                 progress.set_postfix(postfix)
                 checkpoint()
@@ -225,10 +278,18 @@ def train(cfg: Config) -> dict[str, Any]:
     progress.close()
 
     # Test the best checkpoint (the one validation chose), never the last one by default.
-    load_weights(model, ckpt_dir / "best" / "model.safetensors", verify=False)  # same model, same frozen weights
-    val = evaluate(model, loader("val"), device, cfg.train.precision)
+    distributed.barrier(d)  # rank 0 has written it
+    best = ckpt_dir / "best" / "model.safetensors"
+    if strategy == "fsdp" and d.enabled:
+        distributed.load_model_state(model, load_file(str(best)), strategy, d)
+    else:
+        load_weights(model, best, verify=False)  # same model, same frozen weights
+    val = evaluate(model, loader("val"), device, cfg.train.precision, dist=d)
     outputs: dict[str, list] = {}
-    test = evaluate(model, loader("test"), device, cfg.train.precision, outputs)
+    test = evaluate(model, loader("test"), device, cfg.train.precision, outputs, dist=d)
+    if not d.main:  # the other ranks are done: rank 0 writes the reports and results
+        distributed.close(d)
+        return {"run_dir": str(run_dir), "rank": d.rank, "best_step": stopper.best_step, "val": val, "test": test}
     tracker.log({**{f"test/{k}": v for k, v in test.items()}}, step)
     if cfg.head.name == "classification":  # per-class report and confusion matrix
         pred, true = torch.cat(outputs["logits"]).argmax(-1).numpy(), torch.cat(outputs["labels"]).numpy()
@@ -248,7 +309,43 @@ def train(cfg: Config) -> dict[str, Any]:
                      "stopped_early": stopper.should_stop, **{f"test/{k}": v for k, v in test.items()}})
     tracker.finish()
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    distributed.close(d)
     return results
+
+
+def wrap(model: MultimodalModel, d: Dist, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """What the loop runs forward through: DDP / FSDP under torchrun, compiled when asked."""
+    if d.enabled and cfg.train.strategy == "fsdp" and any(e.policy == "gradual" for e in model.encoders.values()):
+        raise ValueError("train.strategy=fsdp cannot follow gradual unfreezing (FSDP fixes the trainable set)")
+    forward = distributed.wrap(model, d, cfg.train.strategy, device, cfg.train.sync_batchnorm)
+    return torch.compile(forward) if cfg.train.compile else forward
+
+
+def check_world(state: dict, d: Dist, cfg: Config) -> None:
+    """Resuming with another number of ranks is allowed only when the global batch is unchanged."""
+    world = state.get("world", 1)
+    if world == d.world:
+        return
+    now = cfg.train.batch_size * d.world * cfg.optim.grad_accum_steps
+    if state.get("global_batch", now) != now:
+        raise ValueError(
+            f"train.resume: the checkpoint was written by {world} process(es) with a global batch of "
+            f"{state.get('global_batch')}; {d.world} process(es) x train.batch_size={cfg.train.batch_size} x "
+            f"optim.grad_accum_steps={cfg.optim.grad_accum_steps} = {now}. Resume with the same world size, or "
+            f"set train.batch_size so the global batch stays {state.get('global_batch')}")
+    if d.main:
+        print(f"resuming a {world}-process run with {d.world}: same global batch, so the same schedule "
+              "(dropout's random streams differ from an uninterrupted run)", file=sys.stderr)
+
+
+class Silent:
+    """The tracker of ranks other than 0: they log nothing (rank 0 logs the job)."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None: ...
+    def summary(self, *args: Any, **kwargs: Any) -> None: ...
+    def log_image(self, *args: Any, **kwargs: Any) -> None: ...
+    def log_table(self, *args: Any, **kwargs: Any) -> None: ...
+    def finish(self, *args: Any, **kwargs: Any) -> None: ...
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from mm.train import train
 
     results = train(cfg)
+    if results.get("rank", 0) != 0:  # under torchrun, rank 0 reports the job
+        return 0
     summary = {"run_dir": results["run_dir"], "best_step": results["best_step"],
                "val": results["val"], "test": results["test"], "wall_time_s": results["wall_time_s"]}
     print(json.dumps(summary))

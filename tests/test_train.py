@@ -100,15 +100,19 @@ def test_wandb_offline_history_equals_metrics_jsonl(learned):
         assert {k: v for k, v in w.items() if k in j} == {k: v for k, v in j.items() if k != "step"}
 
 
-@pytest.mark.parametrize("augment", [[], ["encoders.image.augment=rand", "data.num_workers=2"]],
-                         ids=["plain", "augmented-2-workers"])
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch, augment):
-    args = ["train.max_steps=12", "train.eval_every=4", "encoders.text.source=tiny-bert",
-            "encoders.text.trainable=full", "data.synthetic.n_train=192", *augment]
+@pytest.mark.parametrize("extra", [[], ["encoders.image.augment=rand", "data.num_workers=2"], ["train.precision=fp16"]],
+                         ids=["plain", "augmented-2-workers", "fp16-gradscaler"])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch, extra):
+    base = ["train.max_steps=12", "train.eval_every=4", "encoders.text.source=tiny-bert",
+            "encoders.text.trainable=full", "data.synthetic.n_train=192"]
+    args = [*base, *extra]
     full = mm_train.train(small_cfg(tmp_path / "a", *args))
-    if augment:  # augmentation really ran: the same run without it ends elsewhere
-        plain = mm_train.train(small_cfg(tmp_path / "c", *args[:-2]))
+    if extra:  # the setting really acted (augmentation, fp16 autocast): without it the run ends elsewhere
+        plain = mm_train.train(small_cfg(tmp_path / "c", *base))
         assert plain["val"]["loss"] != full["val"]["loss"]
+    if "train.precision=fp16" in extra:  # the GradScaler's state is saved with the checkpoint
+        state = torch.load(Path(full["run_dir"]) / "checkpoints/last/state.pt", weights_only=True)
+        assert state["scaler"]["scale"] > 0 and state["scaler"]["_growth_tracker"] == 12
 
     calls = {"n": 0}
     real_step = mm_train.train_step
@@ -184,8 +188,8 @@ def test_training_stops_early_and_tests_the_best_weights(tmp_path, monkeypatch):
     scripted = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
     real = mm_train.evaluate
 
-    def fake_evaluate(model, loader, device, precision, outputs=None):
-        metrics = real(model, loader, device, precision, outputs)
+    def fake_evaluate(model, loader, device, precision, outputs=None, dist=None):
+        metrics = real(model, loader, device, precision, outputs, dist)
         if loader.dataset.split == "val" and model.training is False and not outputs:
             metrics["accuracy"] = next(scripted, metrics["accuracy"])
         return metrics

@@ -47,6 +47,12 @@ class EncoderOutput:
     pooled: torch.Tensor
 
 
+# A pytree node, so that torch utilities that walk a module's outputs find its tensors (FSDP2
+# registers its pre-backward hooks on them; without this it cannot re-gather an encoder's weights
+# for backward).
+torch.utils._pytree.register_dataclass(EncoderOutput)
+
+
 def add_gaussian(inputs: dict[str, torch.Tensor], key: str, strength: float,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
     """A copy of ``inputs`` with Gaussian noise of standard deviation ``2 * strength`` on ``inputs[key]``

@@ -92,3 +92,22 @@ def add_lora(encoder: Encoder, r: int, alpha: int, dropout: float, targets: Sequ
     encoder.backbone = inject_adapter_in_model(config, encoder.backbone)
     for name, p in encoder.backbone.named_parameters():
         p.requires_grad_("lora_" in name)
+
+
+def enable_grad_checkpointing(encoder: Encoder) -> None:
+    """Recompute the backbone's activations during backward instead of storing them: memory for
+    about one more forward of compute. Through the library's own switch: Hugging Face's
+    ``gradient_checkpointing_enable`` (BERT, wav2vec2; non-reentrant) or timm's
+    ``set_grad_checkpointing`` (ViT, EfficientNet). It only acts where the backbone trains.
+
+    Raises:
+        ValueError: the backbone offers neither switch.
+    """
+    backbone = encoder.backbone
+    if hasattr(backbone, "gradient_checkpointing_enable"):
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(backbone, "set_grad_checkpointing"):
+        backbone.set_grad_checkpointing(True)
+    else:
+        raise ValueError(f"{type(backbone).__name__} has no gradient checkpointing switch "
+                         f"(encoders.{encoder.modality}.grad_checkpointing)")
