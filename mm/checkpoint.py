@@ -14,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,4 +104,150 @@ def save_state(state: dict[str, Any], path: Path) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read ``state.pt`` (``weights_only``: tensors and plain types, never arbitrary objects).
+
+    Raises:
+        CheckpointError: naming the file, when it is empty, truncated or holds anything else.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path}: unreadable training state ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'empty file'})") from None
+
+
+# ---- Checkpoints as one unit -------------------------------------------------------------------
+# ``checkpoints/step-00000040/`` holds ``model.safetensors``, ``state.pt`` and ``manifest.json``
+# (every file's size and sha256). It is written under a temporary name, fsynced, then renamed into
+# place, and only then do the ``last`` (and, when validation improved, ``best``) symlinks switch
+# to it, each by an atomic ``os.replace``. A kill at any moment leaves ``last`` on the previous
+# complete checkpoint; a truncated or altered file fails its manifest check and is never loaded.
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is incomplete or its files do not match their manifest."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _step_folder(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def save_checkpoint(root: Path, step: int, write_weights: Any, state: dict[str, Any], best: bool,
+                    keep_last: int = 2) -> Path:
+    """Write one complete checkpoint and switch ``last`` (and ``best``) to it.
+
+    Args:
+        root: the run's ``checkpoints`` folder.
+        write_weights: called with the path to write ``model.safetensors`` to (``save_weights``).
+        state: optimizer, schedule, counters, RNG (``torch.save``, loads with ``weights_only``).
+        best: also point ``best`` here.
+        keep_last: step folders kept besides ``best`` (older ones are deleted).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write_weights(tmp / "model.safetensors")
+    torch.save(state, tmp / "state.pt")
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+    for p in tmp.iterdir():
+        _fsync(p)
+    _fsync(tmp)
+    final = _step_folder(root, step)
+    if final.exists():  # a resumed run passing a step whose checkpoint was damaged
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(root)
+    _point(root, "last", final)
+    if best:
+        _point(root, "best", final)
+    _prune(root, keep_last)
+    return final
+
+
+def _point(root: Path, name: str, target: Path) -> None:
+    link, tmp = root / name, root / f".{name}-{os.getpid()}"
+    if link.is_dir() and not link.is_symlink():  # a run written by an older mm: a plain folder
+        shutil.rmtree(link)
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.name)
+    os.replace(tmp, link)
+    _fsync(root)
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    protected = {(root / n).resolve() for n in ("last", "best") if (root / n).exists()}
+    steps = sorted(root.glob("step-*"))
+    for folder in steps[: max(0, len(steps) - keep_last)]:
+        if folder.resolve() not in protected:
+            shutil.rmtree(folder)
+    for tmp in root.glob(".tmp-*"):  # left by a process killed while writing
+        if not tmp.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Check every file of ``folder`` against its manifest (size, then sha256).
+
+    A folder without a manifest was written by an older mm and is accepted as it is.
+
+    Raises:
+        CheckpointError: naming the folder, the file and what is wrong.
+    """
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        if not (folder / "model.safetensors").is_file():
+            raise CheckpointError(f"{folder}: no model.safetensors")
+        return
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{manifest}: unreadable manifest ({err})") from None
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        if path.stat().st_size != want["size"]:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, the manifest says {want['size']} (truncated?)")
+        if _sha256(path) != want["sha256"]:
+            raise CheckpointError(f"{path}: contents differ from the manifest's sha256 (altered or corrupt)")
+
+
+def resume_point(root: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint of a run and its state: ``last`` if it verifies, else the
+    newest step folder that does (with a warning naming what was wrong). None when there is none."""
+    candidates = [root / "last"] if (root / "last").exists() else []
+    candidates += sorted(root.glob("step-*"), reverse=True)
+    seen = set()
+    for folder in candidates:
+        if folder.resolve() in seen:
+            continue
+        seen.add(folder.resolve())
+        try:
+            verify_checkpoint(folder)
+            state = load_state(folder / "state.pt")
+        except CheckpointError as err:
+            warnings.warn(f"skipping a damaged checkpoint: {err}", stacklevel=2)
+            continue
+        return folder, state
+    return None

@@ -169,6 +169,7 @@ class TrainConfig:
     strategy: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
     sync_batchnorm: bool = True  # under torchrun on GPUs: BatchNorm statistics over all ranks
     compile: bool = False  # torch.compile the model's forward
+    keep_last_n: int = 2  # checkpoints kept besides the best one (each validation writes one)
     max_nonfinite: int = 3  # consecutive non-finite losses / gradients (steps skipped) before the run stops
     resume_allow_changes: list[str] = field(default_factory=list)  # --resume: config keys allowed to differ
     deterministic: bool = True
@@ -409,6 +410,10 @@ def _check_ranges(cfg: Config) -> None:
     _range("train.cutmix", train.cutmix, 0)
     _range("train.mix_prob", train.mix_prob, 0, 1)
     _range("train.max_nonfinite", train.max_nonfinite, 1)
+    _range("train.keep_last_n", train.keep_last_n, 1)
+    if cfg.name is not None and (cfg.name in ("", ".", "..") or Path(cfg.name).name != cfg.name or "\\" in cfg.name):
+        raise ConfigError(f"invalid value for 'name': {cfg.name!r}; allowed: one folder name (no '/', '..' or "
+                          "absolute path): the run folder is train.out_dir/name")
 
 
 def _check_fusion(cfg: Config) -> None:

@@ -33,6 +33,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: str = "cpu"  # where collectives' tensors live: NCCL needs them on the GPU
 
     @property
     def enabled(self) -> bool:
@@ -58,7 +59,8 @@ def init(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local)
+    return Dist(rank=rank, world=world, local_rank=local,
+                device=f"cuda:{local}" if device.type == "cuda" else "cpu")
 
 
 def rank_device(device: torch.device, d: Dist) -> torch.device:
@@ -104,7 +106,7 @@ def mean(value: float, d: Dist) -> float:
     """The mean of a float over the ranks (one all-reduce)."""
     if not d.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=d.device)
     dist.all_reduce(t)
     return float(t) / d.world
 

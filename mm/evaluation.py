@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mm.checkpoint import load_weights
+from mm.checkpoint import load_weights, verify_checkpoint
 from mm.config import Config, load_config
 from mm.distributed import Dist, gather
 from mm.features import encode_with_cache
@@ -41,6 +41,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Mul
     for name in ("config.yaml", "classes.json", f"checkpoints/{checkpoint}/model.safetensors"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished mm run: {name} is missing")
+    verify_checkpoint(run_dir / "checkpoints" / checkpoint)  # sizes and sha256 of its manifest
     cfg = load_config(run_dir / "config.yaml")
     classes = json.loads((run_dir / "classes.json").read_text())
     model = build_model(cfg, num_classes=build_codec(cfg.head.name, classes).num_outputs, classes=classes)

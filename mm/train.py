@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from mm import distributed
-from mm.checkpoint import frozen_backbones, load_state, load_weights, save_state, save_weights
+from mm.checkpoint import frozen_backbones, load_weights, resume_point, save_checkpoint, save_weights
 from mm.config import Config, to_dict, to_yaml
+from mm.data.validate import check_dataset
 from mm.distributed import Dist
 from mm.encoders.policies import gradual_blocks, thaw
 from mm.evaluation import evaluate
@@ -29,7 +31,9 @@ from mm.features import encode_with_cache
 from mm.mixing import Mixing
 from mm.model import MultimodalModel, parameter_counts
 from mm.optim import build_optimizer, build_scheduler
+from mm.preemption import Preempted, StopSignals
 from mm.prepare import prepare
+from mm.resume import apply_learning_rates, check_resume, config_hash
 from mm.reports import report_table, token_report, write_classification_report, write_token_report
 from mm.runtime import autocast, epoch_batches, pick_device, seed_everything, to_device, train_subset
 from mm.tracking import Tracker
@@ -44,14 +48,19 @@ def run_folder(cfg: Config, d: Dist = Dist()) -> Path:
     """``out_dir/name``; a new run never overwrites an old one (``-2``, ``-3``... are appended)."""
     base = Path(cfg.train.out_dir) / (cfg.name or default_run_name(cfg))
     if cfg.train.resume:
-        if not (base / "checkpoints" / "last" / "state.pt").is_file():
-            raise FileNotFoundError(f"train.resume: no checkpoint to resume in {base}/checkpoints/last")
+        if not (base / "checkpoints").is_dir():
+            raise FileNotFoundError(f"train.resume: no checkpoint to resume in {base}/checkpoints")
         return base
     run_dir, k = base, 1
     while run_dir.exists():
         k += 1
         run_dir = base.with_name(f"{base.name}-{k}")
     return distributed.broadcast(run_dir, d)  # rank 0 picks the name; every rank uses it
+
+
+class NonFiniteError(RuntimeError):
+    """Training diverged: non-finite losses or gradients for ``train.max_nonfinite`` steps in a row,
+    or non-finite weights about to be checkpointed. Nothing non-finite was saved."""
 
 
 @dataclass
@@ -123,12 +132,28 @@ def train(cfg: Config) -> dict[str, Any]:
     seed_everything(cfg.seed, cfg.train.deterministic)
     run_dir = run_folder(cfg, d)
     ckpt_dir = run_dir / "checkpoints"
-    resume_state = load_state(ckpt_dir / "last" / "state.pt") if cfg.train.resume else None
-    if resume_state:
-        check_world(resume_state, d, cfg)
+    config = to_dict(cfg)
+    # Resume from the newest complete checkpoint (a damaged one is skipped, with a warning), and only
+    # with the config it was trained with, unless train.resume_allow_changes names the keys.
+    resume_from, resume_state, changes = None, None, {}
+    if cfg.train.resume:
+        found = resume_point(ckpt_dir)
+        if found is None:
+            raise FileNotFoundError(f"train.resume: no complete checkpoint in {ckpt_dir}")
+        resume_from, resume_state = found
+        changes = check_resume(resume_state, config, d)
+    # The data, checked before any model is built: every problem at once, naming file and line. The
+    # val and test files are decoded now too (training files are read as training goes).
+    if cfg.data.dataset != "synthetic":
+        data_report = check_dataset(cfg.data, cfg.data.modalities, cfg.head.name, deep=("val", "test"))
+        if data_report.warnings and d.main:
+            print(data_report.format(), file=sys.stderr)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if changes:  # allowed with train.resume_allow_changes: recorded, then applied
+            with (run_dir / "resume_changes.jsonl").open("a") as f:
+                f.write(json.dumps({"step": resume_state["step"], "changes": changes}, default=str) + "\n")
 
     # Model, data (decoded by the encoders), collate and feature cache: ``mm.prepare``. The class
     # list comes from the training split (or the checkpoint, on resume). Rank 0 builds the feature
@@ -137,6 +162,7 @@ def train(cfg: Config) -> dict[str, Any]:
         job = prepare(cfg, classes=resume_state["classes"] if resume_state else None,
                       device=distributed.rank_device(pick_device(cfg.train.device), d), dist=d)
     model, splits, classes, device, loader = job.model, job.splits, job.classes, job.device, job.loader
+    bad_samples = {s: len(getattr(ds, "bad", ())) for s, ds in splits.items()}  # data.on_error=skip
     if d.main:
         (run_dir / "classes.json").write_text(json.dumps(classes))
 
@@ -164,13 +190,14 @@ def train(cfg: Config) -> dict[str, Any]:
     omit = frozen_backbones(model)
     step = 0
     if resume_state:
-        load_weights(model, ckpt_dir / "last" / "model.safetensors")
+        load_weights(model, resume_from / "model.safetensors")
     # Wrap for the ranks (DDP / FSDP), compile if asked, then the optimizer over the wrapped
     # parameters (FSDP's are sharded). fp16 scales the loss so small gradients survive.
     strategy = cfg.train.strategy
     forward = wrap(model, d, cfg, device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    base_lrs = list(scheduler.base_lrs)  # the config's, applied after a resume loads the saved ones
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
     if resume_state:
         distributed.load_optimizer_state(model, optimizer, resume_state["optimizer"], strategy, d)
@@ -178,6 +205,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if "scaler" in resume_state:
             scaler.load_state_dict(resume_state["scaler"])
         step = resume_state["step"]
+        apply_learning_rates(optimizer, scheduler, base_lrs, step)
         stopper = EarlyStopping(**resume_state["early_stopping"])
         rngs = resume_state.get("rng_ranks") or [resume_state["rng"]]
         torch.set_rng_state(rngs[d.rank] if len(rngs) == d.world else rngs[0])
@@ -191,90 +219,124 @@ def train(cfg: Config) -> dict[str, Any]:
     ) if d.main else Silent()
     tracker.summary(counts)
 
-    def save_model(kind: str) -> None:
-        weights = distributed.model_state(model, strategy, d)  # a collective under FSDP
-        if d.main:
-            save_weights(model, ckpt_dir / kind / "model.safetensors", omit, weights)
+    def diverged(message: str) -> NonFiniteError:
+        tracker.finish(exit_code=1)
+        return NonFiniteError(message)
 
-    def checkpoint() -> None:
-        save_model("last")
+    def checkpoint(best: bool) -> None:
+        """One complete checkpoint (weights + state), switched in atomically as ``last`` (and ``best``)."""
+        bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        if bad:  # never saved: the previous checkpoint stays the one to resume
+            raise diverged(f"step {step}: non-finite weights in {bad[:3]} ({len(bad)} tensors); "
+                                 f"nothing saved, the last good checkpoint is {ckpt_dir / 'last'}")
+        weights = distributed.model_state(model, strategy, d)  # a collective under FSDP
         optim_state = distributed.optimizer_state(model, optimizer, strategy, d)
         rngs = distributed.gather(torch.get_rng_state(), d)
         if d.main:
-            save_state({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
-                        "early_stopping": vars(stopper), "rng": rngs[0], "rng_ranks": rngs,
-                        "scaler": scaler.state_dict(), "world": d.world, "strategy": strategy,
-                        "global_batch": global_micro * accum, "classes": classes}, ckpt_dir / "last" / "state.pt")
+            state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
+                     "early_stopping": vars(stopper), "rng": rngs[0], "rng_ranks": rngs,
+                     "scaler": scaler.state_dict(), "world": d.world, "strategy": strategy,
+                     "global_batch": global_micro * accum, "classes": classes, "nonfinite": nonfinite,
+                     "config": config, "config_hash": config_hash(config)}
+            save_checkpoint(ckpt_dir, step, lambda path: save_weights(model, path, omit, weights), state, best,
+                            cfg.train.keep_last_n)
 
     progress = _progress(total_steps, step, cfg.train.progress and d.main)
     postfix: dict[str, str] = {}
     model.train()
     optimizer.zero_grad(set_to_none=True)
     window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
-    while step < total_steps and not stopper.should_stop:
-        # One epoch's batches, grouped into optimizer steps; a resumed run skips those done.
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        micro = epoch_micro(epoch)
-        groups = [micro[i : i + accum] for i in range(0, len(micro), accum)][done_in_epoch:]
-        splits["train"].set_epoch(epoch)  # augmentation drawn from (seed, epoch, sample)
-        batches = iter(loader("train", [distributed.shard(b, d) for group in groups for b in group]))
-        for group in groups:
-            # Gradual unfreezing: open more backbone blocks when the schedule says so.
-            opened = update_gradual(model, cfg, step, step // steps_per_epoch)
-            if opened:
-                forward = wrap(model, d, cfg, device) if d.enabled else forward  # DDP must see the new set
-                tracker.log({"train/trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}, step)
-            # Accumulate gradients over the group's micro-batches (ranks average them on the last
-            # one), then clip and step. Each rank's loss is weighted by its share of the global
-            # micro-batch, so uneven shards average exactly like one process would.
-            for i, micro_batch in enumerate(group):
-                batch = next(batches)
-                weight = len(batch["label"]) * d.world / len(micro_batch)  # 1 when shards are even
-                with distributed.no_sync(forward, sync=i == len(group) - 1):
-                    window_loss += train_step(model, batch, device, cfg.train.precision, weight / len(group),
-                                              mixing, forward, scaler)
-                window_n += 1
-                samples += len(batch["label"]) * d.world
-            scaler.unscale_(optimizer)
-            if cfg.optim.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm
-                )
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            progress.update(1)
+    # Non-finite guard: steps skipped in all and in a row (fp16's GradScaler skips its own overflows:
+    # it then gets 32 more steps, enough to lower its scale from 2^16 below 2^-16, before the run stops).
+    nonfinite = {"skipped": resume_state.get("nonfinite", {}).get("skipped", 0) if resume_state else 0, "run": 0}
+    patience_nonfinite = cfg.train.max_nonfinite + (32 if cfg.train.precision == "fp16" else 0)
+    with StopSignals() as signals:  # SIGTERM / SIGINT / SIGUSR1: checkpoint at the next step, then exit
+        while step < total_steps and not stopper.should_stop:
+            # One epoch's batches, grouped into optimizer steps; a resumed run skips those done.
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            micro = epoch_micro(epoch)
+            groups = [micro[i : i + accum] for i in range(0, len(micro), accum)][done_in_epoch:]
+            splits["train"].set_epoch(epoch)  # augmentation drawn from (seed, epoch, sample)
+            batches = iter(loader("train", [distributed.shard(b, d) for group in groups for b in group]))
+            for group in groups:
+                # Gradual unfreezing: open more backbone blocks when the schedule says so.
+                opened = update_gradual(model, cfg, step, step // steps_per_epoch)
+                if opened:
+                    forward = wrap(model, d, cfg, device) if d.enabled else forward  # DDP must see the new set
+                    tracker.log({"train/trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}, step)
+                # Accumulate gradients over the group's micro-batches (ranks average them on the last
+                # one), then clip and step. Each rank's loss is weighted by its share of the global
+                # micro-batch, so uneven shards average exactly like one process would.
+                for i, micro_batch in enumerate(group):
+                    batch = next(batches)
+                    weight = len(batch["label"]) * d.world / len(micro_batch)  # 1 when shards are even
+                    with distributed.no_sync(forward, sync=i == len(group) - 1):
+                        window_loss += train_step(model, batch, device, cfg.train.precision, weight / len(group),
+                                                  mixing, forward, scaler)
+                    window_n += 1
+                    samples += len(batch["label"]) * d.world
+                # Clip (or just measure) the gradient norm; a non-finite one skips the update. Ranks agree:
+                # their gradients are already averaged. This check is the loop's one host sync per step.
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                      cfg.optim.max_grad_norm or math.inf)
+                finite = bool(torch.isfinite(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+                scale = scaler.get_scale() if scaler.is_enabled() else None
+                if finite or scaler.is_enabled():
+                    scaler.step(optimizer)  # fp16: the scaler itself skips a non-finite update
+                scaler.update()
+                if not finite or (scale is not None and scaler.get_scale() < scale):
+                    nonfinite["skipped"] += 1
+                    nonfinite["run"] += 1
+                    if nonfinite["run"] >= patience_nonfinite:
+                        raise diverged(
+                            f"step {step + 1}: {nonfinite['run']} optimizer steps in a row had non-finite losses or "
+                            f"gradients (train.max_nonfinite={cfg.train.max_nonfinite}); lower optim.lr / "
+                            f"optim.backbone_lr or turn on optim.max_grad_norm. Nothing non-finite was saved; "
+                            f"the last good checkpoint is {ckpt_dir / 'last'}")
+                else:
+                    nonfinite["run"] = 0
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                progress.update(1)
 
-            # Log the running train loss and learning rates every 10 steps and before each
-            # validation (so a resumed run's windows line up with an uninterrupted one's).
-            is_eval = step % eval_every == 0 or step == total_steps
-            if step % 10 == 0 or is_eval:
-                elapsed = time.perf_counter() - window_t
-                lrs = {f"train/lr/{g['name'].split('/')[0]}": g["lr"] for g in optimizer.param_groups}
-                # The one host sync of the logging window: the summed loss comes back here.
-                mean_loss = distributed.mean(float(window_loss) / window_n, d)
-                tracker.log({"train/loss": mean_loss, "train/epoch": step / steps_per_epoch,
-                             "train/samples_per_s": samples / elapsed, **lrs}, step)
-                postfix["loss"] = f"{mean_loss:.3f}"
-                progress.set_postfix(postfix)
-                window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
+                # Log the running train loss and learning rates every 10 steps and before each
+                # validation (so a resumed run's windows line up with an uninterrupted one's).
+                is_eval = step % eval_every == 0 or step == total_steps
+                if step % 10 == 0 or is_eval:
+                    elapsed = time.perf_counter() - window_t
+                    lrs = {f"train/lr/{g['name'].split('/')[0]}": g["lr"] for g in optimizer.param_groups}
+                    # The summed loss comes back to the host here, once per logging window.
+                    mean_loss = distributed.mean(float(window_loss) / window_n, d)
+                    tracker.log({"train/loss": mean_loss, "train/epoch": step / steps_per_epoch,
+                                 "train/samples_per_s": samples / elapsed, "train/nonfinite_skipped": nonfinite["skipped"],
+                                 **lrs}, step)
+                    postfix["loss"] = f"{mean_loss:.3f}"
+                    progress.set_postfix(postfix)
+                    window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
 
-            # Validate; keep the best weights by the chosen metric; checkpoint for --resume.
-            if is_eval:
-                val = {f"val/{k}": v for k, v in evaluate(model, loader("val"), device, cfg.train.precision, dist=d).items()}
-                model.train()
-                tracker.log(val, step)
-                if metric_key not in val:
-                    raise KeyError(f"train.metric: {cfg.train.metric!r} is not a val metric; have {sorted(val)}")
-                if stopper.update(val[metric_key], step):
-                    save_model("best")
-                postfix[f"val_{cfg.train.metric}"] = f"{val[metric_key]:.3f}"
-                progress.set_postfix(postfix)
-                checkpoint()
-            if step >= total_steps or stopper.should_stop:  # done, or early stopping
-                break
+                # Validate; keep the best weights by the chosen metric; checkpoint for --resume.
+                if is_eval:
+                    val = {f"val/{k}": v for k, v in evaluate(model, loader("val"), device, cfg.train.precision, dist=d).items()}
+                    model.train()
+                    tracker.log(val, step)
+                    if metric_key not in val:
+                        raise KeyError(f"train.metric: {cfg.train.metric!r} is not a val metric; have {sorted(val)}")
+                    improved = stopper.update(val[metric_key], step)
+                    postfix[f"val_{cfg.train.metric}"] = f"{val[metric_key]:.3f}"
+                    progress.set_postfix(postfix)
+                    checkpoint(best=improved)
+                # A stop signal: checkpoint this step (unless validation just did), flush, exit 128 + signal.
+                stop = signals.requested is not None
+                if distributed.mean(float(stop), d) > 0 if d.enabled else stop:
+                    if not is_eval:
+                        checkpoint(best=False)
+                    progress.close()
+                    tracker.finish(exit_code=1)
+                    raise Preempted(signals.requested or signal.SIGTERM, step, str(run_dir))
+                if step >= total_steps or stopper.should_stop:  # done, or early stopping
+                    break
     progress.close()
 
     # Test the best checkpoint (the one validation chose), never the last one by default.
@@ -304,8 +366,10 @@ def train(cfg: Config) -> dict[str, Any]:
         "run_dir": str(run_dir), "best_step": stopper.best_step, "steps": step, "stopped_early": stopper.should_stop,
         "val": val, "test": test, "classes": len(classes), "params": counts,
         "wall_time_s": round(time.perf_counter() - t_start, 2), "feature_cache": job.feature_cache,
+        "nonfinite_skipped": nonfinite["skipped"], "bad_samples": bad_samples,
     }
     tracker.summary({f"best/{metric_key}": stopper.best, "best/step": stopper.best_step,
+                     "nonfinite_skipped": nonfinite["skipped"], **{f"bad_samples/{k}": v for k, v in bad_samples.items()},
                      "stopped_early": stopper.should_stop, **{f"test/{k}": v for k, v in test.items()}})
     tracker.finish()
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -319,23 +383,6 @@ def wrap(model: MultimodalModel, d: Dist, cfg: Config, device: torch.device) -> 
         raise ValueError("train.strategy=fsdp cannot follow gradual unfreezing (FSDP fixes the trainable set)")
     forward = distributed.wrap(model, d, cfg.train.strategy, device, cfg.train.sync_batchnorm)
     return torch.compile(forward) if cfg.train.compile else forward
-
-
-def check_world(state: dict, d: Dist, cfg: Config) -> None:
-    """Resuming with another number of ranks is allowed only when the global batch is unchanged."""
-    world = state.get("world", 1)
-    if world == d.world:
-        return
-    now = cfg.train.batch_size * d.world * cfg.optim.grad_accum_steps
-    if state.get("global_batch", now) != now:
-        raise ValueError(
-            f"train.resume: the checkpoint was written by {world} process(es) with a global batch of "
-            f"{state.get('global_batch')}; {d.world} process(es) x train.batch_size={cfg.train.batch_size} x "
-            f"optim.grad_accum_steps={cfg.optim.grad_accum_steps} = {now}. Resume with the same world size, or "
-            f"set train.batch_size so the global batch stays {state.get('global_batch')}")
-    if d.main:
-        print(f"resuming a {world}-process run with {d.world}: same global batch, so the same schedule "
-              "(dropout's random streams differ from an uninterrupted run)", file=sys.stderr)
 
 
 class Silent:

@@ -8,7 +8,12 @@ Examples:
     python scripts/train.py --config configs/hub_gpu.yaml train.epochs=5 optim.lr=3e-4
     python scripts/train.py --resume runs/color_animal-image+text-concat-s0
 
+    torchrun --standalone --nproc_per_node=4 scripts/train.py --config configs/hub_gpu.yaml
+
 The last line printed on stdout is a one-line JSON summary (run_dir, val and test metrics).
+Exit status: 0 done; 1 training diverged (non-finite losses or gradients); 2 invalid config, data
+or checkpoint; 128 + signal (143 SIGTERM, 130 SIGINT, 138 SIGUSR1) stopped by a signal after
+saving a checkpoint (continue with --resume RUN_DIR).
 """
 
 from __future__ import annotations
@@ -55,9 +60,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from mm.train import train
+    from mm.checkpoint import CheckpointError
+    from mm.data.errors import ManifestError
+    from mm.preemption import Preempted
+    from mm.resume import ResumeError
+    from mm.train import NonFiniteError, train
 
-    results = train(cfg)
+    try:
+        results = train(cfg)
+    except Preempted as stop:  # checkpoint saved: exit 128 + signal (143 for SIGTERM), --resume continues
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    except (ManifestError, ResumeError, CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteError as err:
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 1
     if results.get("rank", 0) != 0:  # under torchrun, rank 0 reports the job
         return 0
     summary = {"run_dir": results["run_dir"], "best_step": results["best_step"],

@@ -104,7 +104,8 @@ def test_two_ranks_train_like_one_and_resume_exactly_after_sigkill(tmp_path):
         mm_train.train(load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=killed", "train.resume=true",
                                           "train.batch_size=8"]))
     again = mm_train.train(load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=killed",
-                                              "train.resume=true", "train.batch_size=16", "train.max_steps=28"]))
+                                              "train.resume=true", "train.batch_size=16", "train.max_steps=28",
+                                              "train.resume_allow_changes=[train.max_steps]"]))
     assert again["steps"] == 28
 
 

@@ -152,7 +152,8 @@ def _read(report: Report, root: Path, split: str) -> list[dict]:
 class _Checker:
     """The state of one ``validate_dir`` pass."""
 
-    def __init__(self, report: Report, root: Path, label_key: str, head: str, allow_outside: bool, deep: bool):
+    def __init__(self, report: Report, root: Path, label_key: str, head: str, allow_outside: bool,
+                 deep: bool | tuple[str, ...]):
         self.report, self.root, self.label_key, self.head = report, root, label_key, head
         self.allow_outside, self.deep = allow_outside, deep
         self.present: dict[str, Counter] = defaultdict(Counter)  # split -> modality -> rows with a value
@@ -163,15 +164,14 @@ class _Checker:
             return " ".join(map(str, words)) if isinstance(words, list) else None
         return row.get(m)
 
-    def identity(self, m: str, value: Any, where: str) -> str:
+    def identity(self, m: str, value: Any, where: str, split: str) -> str:
         """What two equal values share (a text, a file, its bytes when deep); problems raise MediaError."""
         if m in DECODERS:
             path = inside_path(value, self.root, self.allow_outside)
-            if not self.deep:
-                return str(path)
-            for note in DECODERS[m](path):
-                self.report.warn(note, where, f"{m} {value}")
-            return hashlib.sha1(path.read_bytes()).hexdigest()
+            if self.deep is True or (self.deep and split in self.deep):
+                for note in DECODERS[m](path):
+                    self.report.warn(note, where, f"{m} {value}")
+            return hashlib.sha1(path.read_bytes()).hexdigest() if self.deep is True else str(path)
         if m == TEXT:
             if not text_value(value).strip():
                 self.report.warn("empty text", where, "the text is empty")
@@ -188,7 +188,7 @@ class _Checker:
             present.append(m)
             self.present[split][m] += 1
             try:
-                signature.append((m, self.identity(m, value, where)))
+                signature.append((m, self.identity(m, value, where, split)))
             except MediaError as err:
                 self.report.problem(where, f"{m} {err}", SAMPLE, split)
         if not present and self.report.modalities:
@@ -297,7 +297,8 @@ def _check_duplicates(report: Report, signatures: dict[str, list[tuple[dict, tup
 
 
 def validate_dir(root: str | Path, modalities: list[str] | None = None, label_key: str = "label",
-                 head: str = "classification", allow_outside_paths: bool = False, deep: bool = True) -> Report:
+                 head: str = "classification", allow_outside_paths: bool = False,
+                 deep: bool | tuple[str, ...] = True) -> Report:
     """Check every split of a dataset folder at once (see the module docstring).
 
     Args:
@@ -307,7 +308,8 @@ def validate_dir(root: str | Path, modalities: list[str] | None = None, label_ke
         label_key: dotted key of the label in each row.
         head: the head's name (``mm.labels.CODECS``), which decides what a label must be.
         allow_outside_paths: accept media paths outside the folder (``data.allow_outside_paths``).
-        deep: decode every media file fully (otherwise no file is opened).
+        deep: decode every media file fully (otherwise no file is opened); a tuple of split names
+            decodes only those splits' files.
 
     Returns:
         The ``Report``; ``report.ok`` when there is no problem.
@@ -336,7 +338,7 @@ def validate_dir(root: str | Path, modalities: list[str] | None = None, label_ke
 
 
 def check_dataset(data_cfg: Any, modalities: list[str] | None = None, head_name: str = "classification",
-                  deep: bool = False, strict: bool = True) -> Report:
+                  deep: bool | tuple[str, ...] = False, strict: bool = True) -> Report:
     """Check the dataset a data config names before any model is built.
 
     The cheap mode (the default) opens no media file: manifests, value types, media paths inside
@@ -349,7 +351,9 @@ def check_dataset(data_cfg: Any, modalities: list[str] | None = None, head_name:
         data_cfg: the ``data`` section (``mm.config.DataConfig``).
         modalities: the modalities the model reads (default: ``data_cfg.modalities``).
         head_name: ``cfg.head.name``.
-        deep: also decode every media file (what ``scripts/validate_data.py`` does).
+        deep: also decode every media file (what ``scripts/validate_data.py`` does), or those of the
+            splits named (the training loop decodes ``("val", "test")``: a bad test file is found
+            before training, not after it).
         strict: raise when there is a problem.
 
     Returns:
