@@ -187,6 +187,7 @@ class WandbConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     job_type: str = "train"
+    log_model: bool = False  # the best and last checkpoints as W&B model artifacts (aliases best, last)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from mm.optim import build_optimizer, build_scheduler
 from mm.preemption import Preempted, StopSignals
 from mm.prepare import prepare
 from mm.resume import apply_learning_rates, check_resume, config_hash
-from mm.reports import report_table, token_report, write_classification_report, write_token_report
+from mm.reports import write_test_reports
 from mm.runtime import autocast, epoch_batches, pick_device, seed_everything, to_device, train_subset
 from mm.tracking import Tracker
 
@@ -45,16 +45,20 @@ def default_run_name(cfg: Config) -> str:
 
 
 def run_folder(cfg: Config, d: Dist = Dist()) -> Path:
-    """``out_dir/name``; a new run never overwrites an old one (``-2``, ``-3``... are appended)."""
+    """``out_dir/name``, created; a new run never overwrites an old one (``-2``, ``-3``... are appended)."""
     base = Path(cfg.train.out_dir) / (cfg.name or default_run_name(cfg))
     if cfg.train.resume:
         if not (base / "checkpoints").is_dir():
             raise FileNotFoundError(f"train.resume: no checkpoint to resume in {base}/checkpoints")
         return base
     run_dir, k = base, 1
-    while run_dir.exists():
-        k += 1
-        run_dir = base.with_name(f"{base.name}-{k}")
+    while d.main:  # claimed by creating it: two runs starting at once never share a folder
+        try:
+            run_dir.mkdir(parents=True)
+            break
+        except FileExistsError:
+            k += 1
+            run_dir = base.with_name(f"{base.name}-{k}")
     return distributed.broadcast(run_dir, d)  # rank 0 picks the name; every rank uses it
 
 
@@ -130,6 +134,12 @@ def train(cfg: Config) -> dict[str, Any]:
     # and W&B (``mm.distributed``). All ranks seed alike, so they build the same initial model.
     d = distributed.init(pick_device(cfg.train.device))
     seed_everything(cfg.seed, cfg.train.deterministic)
+    # The data, checked before any model is built: every problem at once, naming file and line. The
+    # val and test files are decoded now too (training files are read as training goes).
+    if cfg.data.dataset != "synthetic":
+        data_report = check_dataset(cfg.data, cfg.data.modalities, cfg.head.name, deep=("val", "test"))
+        if data_report.warnings and d.main:
+            print(data_report.format(), file=sys.stderr)
     run_dir = run_folder(cfg, d)
     ckpt_dir = run_dir / "checkpoints"
     config = to_dict(cfg)
@@ -142,12 +152,6 @@ def train(cfg: Config) -> dict[str, Any]:
             raise FileNotFoundError(f"train.resume: no complete checkpoint in {ckpt_dir}")
         resume_from, resume_state = found
         changes = check_resume(resume_state, config, d)
-    # The data, checked before any model is built: every problem at once, naming file and line. The
-    # val and test files are decoded now too (training files are read as training goes).
-    if cfg.data.dataset != "synthetic":
-        data_report = check_dataset(cfg.data, cfg.data.modalities, cfg.head.name, deep=("val", "test"))
-        if data_report.warnings and d.main:
-            print(data_report.format(), file=sys.stderr)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -353,18 +357,14 @@ def train(cfg: Config) -> dict[str, Any]:
         distributed.close(d)
         return {"run_dir": str(run_dir), "rank": d.rank, "best_step": stopper.best_step, "val": val, "test": test}
     tracker.log({**{f"test/{k}": v for k, v in test.items()}}, step)
-    if cfg.head.name == "classification":  # per-class report and confusion matrix
-        pred, true = torch.cat(outputs["logits"]).argmax(-1).numpy(), torch.cat(outputs["labels"]).numpy()
-        report = write_classification_report(pred, true, classes, run_dir / "report", "test", plot=cfg.train.plots)
-        if "png" in report:
-            tracker.log_image("test/confusion_matrix", report["png"], step)
-    elif cfg.head.name == "token":  # per-entity-type precision, recall, F1 and support (seqeval)
-        entities = token_report(*model.head.decode(outputs["logits"], outputs["labels"]))
-        write_token_report(entities, run_dir / "report", "test")
-        tracker.log_table("test/entity_report", *report_table(entities))
+    # The test reports in run_dir/report (and W&B tables): per class, label or entity type; the
+    # predictions in split order (scripts/compare.py pairs two runs on them); the 95 % bootstrap
+    # interval of the metric; for classification, calibration (ECE, reliability diagram).
+    extra = write_test_reports(model.head, cfg.head.name, outputs, classes, cfg.train.metric, run_dir / "report",
+                               tracker, step, plot=cfg.train.plots)
     results = {
         "run_dir": str(run_dir), "best_step": stopper.best_step, "steps": step, "stopped_early": stopper.should_stop,
-        "val": val, "test": test, "classes": len(classes), "params": counts,
+        "val": val, "test": test, **extra, "classes": len(classes), "params": counts,
         "wall_time_s": round(time.perf_counter() - t_start, 2), "feature_cache": job.feature_cache,
         "nonfinite_skipped": nonfinite["skipped"], "bad_samples": bad_samples,
     }

@@ -109,13 +109,28 @@ def test_two_ranks_train_like_one_and_resume_exactly_after_sigkill(tmp_path):
     assert again["steps"] == 28
 
 
-def test_fsdp_two_ranks_train_like_one(tmp_path):
-    one = load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=one", "train.batch_size=16",
-                             "train.max_steps=4"])
+def test_fsdp_two_ranks_train_like_one_and_resume_exactly_after_sigterm(tmp_path):
+    one = load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=one", "train.batch_size=16"])
     mm_train.train(one)
-    finish(torchrun(2, tmp_path, "fsdp", "train.batch_size=8", "train.max_steps=4", "train.strategy=fsdp"))
+    finish(torchrun(2, tmp_path, "fsdp", "train.batch_size=8", "train.strategy=fsdp"))
     w1, wf = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     assert w1.keys() == wf.keys()
     for k in w1:
         torch.testing.assert_close(wf[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
     assert results(tmp_path / "fsdp")["test"]["accuracy"] == results(tmp_path / "one")["test"]["accuracy"]
+
+    # SIGTERM to torchrun (what a scheduler sends): it passes the signal to both ranks, which agree
+    # to stop after the same step, gather the sharded state into one checkpoint and exit 143.
+    stopped = torchrun(2, tmp_path, "stopped", "train.batch_size=8", "train.strategy=fsdp")
+    state = tmp_path / "stopped" / "checkpoints" / "step-00000004"
+    deadline = time.monotonic() + 240
+    while not state.exists() and stopped.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode != 0 and "stopped by SIGTERM" in err, err[-3000:]
+    assert not (tmp_path / "stopped" / "results.json").exists()
+    finish(torchrun(2, tmp_path, "stopped", "train.batch_size=8", "train.strategy=fsdp", resume=True))
+    ws = weights(tmp_path / "stopped")
+    assert all(torch.equal(ws[k], wf[k]) for k in wf)  # exact resume under FSDP
+    assert results(tmp_path / "stopped")["test"] == results(tmp_path / "fsdp")["test"]
