@@ -7,6 +7,7 @@ Examples:
     python scripts/train.py --modalities text,image
     python scripts/train.py --config configs/hub_gpu.yaml train.epochs=5 optim.lr=3e-4
     python scripts/train.py --resume runs/color_animal-image+text-concat-s0
+    python scripts/train.py --auto-resume name=job42 ...   # a requeued job: resume job42 if it has a checkpoint
 
     torchrun --standalone --nproc_per_node=4 scripts/train.py --config configs/hub_gpu.yaml
 
@@ -38,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                         help="continue from the last checkpoint: of RUN_DIR (its config.yaml is reused), "
                              "or of the run this command would otherwise start")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="resume train.out_dir/name if it holds a checkpoint, else start it (needs name=...; "
+                             "what a requeued cluster job runs)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5")
     return parser.parse_intermixed_args(argv)
 
@@ -59,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.auto_resume:
+        if not cfg.name:
+            print("error: --auto-resume needs a fixed run name (name=...)", file=sys.stderr)
+            return 2
+        cfg.train.resume = (Path(cfg.train.out_dir) / cfg.name / "checkpoints" / "last").exists()
 
     from mm.checkpoint import CheckpointError
     from mm.data.errors import ManifestError

@@ -179,7 +179,13 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path, refe
     verify_checkpoint(last)
     step = int(last.name.split("-")[1])
     assert 5 <= step < 40  # saved mid-run (often between two validations)
-    resumed = mm_train.train(cfg(tmp_path, "train.resume=true"))
+    if signals == 1:  # what a requeued cluster job runs: the same command, --auto-resume
+        proc = subprocess.run([sys.executable, "scripts/train.py", "--auto-resume", *RUN, f"train.out_dir={tmp_path}",
+                               "name=run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    else:
+        resumed = mm_train.train(cfg(tmp_path, "train.resume=true"))
     same_run(resumed, reference)
 
 
