@@ -25,12 +25,13 @@ TINY = ["data.synthetic.n_train=160", "data.synthetic.n_val=48", "data.synthetic
         "train.max_steps=24", "train.eval_every=4", "train.plots=false"]
 
 
-def torchrun(nproc: int, out: Path, name: str, *overrides: str, resume: bool = False, **popen) -> subprocess.Popen:
+def torchrun(nproc: int, out: Path, name: str, *overrides: str, resume: bool = False, env: dict | None = None,
+             **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(ROOT / "scripts" / "train.py"), *TINY, f"train.out_dir={out}", f"name={name}", *overrides]
     if resume:
         cmd += ["--resume", str(out / name)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -43,9 +44,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def finish(proc: subprocess.Popen) -> None:
+def finish(proc: subprocess.Popen) -> str:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
+    return err
 
 
 def weights(run: Path, kind: str = "last") -> dict[str, torch.Tensor]:
@@ -72,7 +74,9 @@ def test_two_ranks_train_like_one_and_resume_exactly_after_sigkill(tmp_path):
     # One process with batch 16, two with 8 each: the same global batch.
     one = load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=one", "train.batch_size=16"])
     mm_train.train(one)
-    finish(torchrun(2, tmp_path, "two", "train.batch_size=8"))
+    # A fresh cache folder: rank 0 builds the frozen text encoder's features, rank 1 then reads them.
+    err = finish(torchrun(2, tmp_path, "two", "train.batch_size=8", env={"MM_CACHE": str(tmp_path / "cache")}))
+    assert err.count("text train=built val=built test=built") == 1 and err.count("text train=hit val=hit test=hit") == 1
     # Kill the whole job (launcher and both ranks) with SIGKILL once a checkpoint exists, then resume.
     killed = torchrun(2, tmp_path, "killed", "train.batch_size=8")
     state = tmp_path / "killed" / "checkpoints" / "last" / "state.pt"
@@ -97,7 +101,7 @@ def test_two_ranks_train_like_one_and_resume_exactly_after_sigkill(tmp_path):
         assert r2[split]["loss"] == pytest.approx(r1[split]["loss"], rel=1e-4)
     assert results(tmp_path / "killed")["test"] == r2["test"]
     # Only rank 0 wrote: one metrics log, no second run folder.
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["killed", "one", "two"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["cache", "killed", "one", "two"]
 
     # Another world size: allowed with the same global batch (1 x 16), refused otherwise.
     with pytest.raises(ValueError, match="global batch of 16"):
