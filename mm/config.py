@@ -73,6 +73,7 @@ class TextEncoderConfig(PolicyConfig):
     max_length: int = 64  # word pieces per window; classification texts are truncated here
     pooling: str = "mean"  # mean | cls
     stride: int = 16  # token tagging: pieces shared by the overlapping windows over a longer sentence
+    prompt_tokens: int = 20  # trainable=prompt: learned vectors in front of the input (mm.encoders.prompt)
 
 
 @dataclass
@@ -334,6 +335,7 @@ def _range(key: str, value: float, low: float | None = None, high: float | None 
 def _check_ranges(cfg: Config) -> None:
     """Every numeric field: its allowed interval, and the combinations that depend on another field."""
     from mm.data.synthetic_render import PITCH_HZ
+    from mm.encoders.policies import PROMPT_MODALITIES
 
     _range("seed", cfg.seed, 0)  # numpy's SeedSequence takes no negative seed
     syn = cfg.data.synthetic
@@ -364,6 +366,12 @@ def _check_ranges(cfg: Config) -> None:
     text, image, audio = cfg.encoders.text, cfg.encoders.image, cfg.encoders.audio
     _range("encoders.text.max_length", text.max_length, 2)
     _range("encoders.text.stride", text.stride, 0, text.max_length, open_high=True)  # < max_length
+    _range("encoders.text.prompt_tokens", text.prompt_tokens, 1)
+    for m in MODALITIES:  # prompt tuning prepends to input embeddings: the text encoder has them
+        if getattr(cfg.encoders, m).trainable == "prompt" and m not in PROMPT_MODALITIES:
+            raise ConfigError(f"invalid value for 'encoders.{m}.trainable': 'prompt'; prompt tuning is for "
+                              f"{', '.join(PROMPT_MODALITIES)} encoders only (it prepends learned vectors to input "
+                              "token embeddings)")
     _range("encoders.image.input_size", image.input_size, 0)  # 0 = auto
     _range("encoders.image.hflip", image.hflip, 0, 1)
     _range("encoders.audio.max_seconds", audio.max_seconds, 0, open_low=True)

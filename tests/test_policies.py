@@ -141,7 +141,7 @@ def test_unknown_policy_lists_valid_ones():
     enc = build_encoder("image", source="tiny-vit")
     with pytest.raises(ValueError, match="linear_probe"):
         apply_policy(enc, "half")
-    assert POLICIES == ("frozen", "linear_probe", "last_n", "gradual", "lora", "full")
+    assert POLICIES == ("frozen", "linear_probe", "last_n", "gradual", "lora", "prompt", "full")
 
 
 def _inputs(enc, modality):
@@ -164,3 +164,76 @@ def test_resnet_stages_are_the_blocks_of_tiny_cnn():
     assert trainable(enc) == {n for n in names if n.startswith("layer4.")}
     out = enc({"pixel_values": torch.randn(2, 3, 32, 32)})  # 32x32 in, one 96-d token out (stride 32)
     assert out.tokens.shape == (2, 1, 96) and out.pooled.shape == (2, 96) and enc.out_dim == 96
+
+
+def test_prompt_trains_exactly_the_soft_prompt_and_keeps_the_backbone():
+    torch.manual_seed(0)
+    enc = build_encoder("text", source="tiny-bert")
+    base = {k: v.clone() for k, v in enc.backbone.state_dict().items()}
+    apply_policy(enc, "prompt", prompt_tokens=3)
+    assert trainable(enc) == set()  # no backbone weight trains...
+    assert {n for n, p in enc.named_parameters() if p.requires_grad} == {"prompt.vectors"}  # ...only the prompt
+    assert enc.prompt.vectors.shape == (3, 32) and not enc.frozen and enc.policy == "prompt"
+    table = enc.backbone.get_input_embeddings().weight
+    assert all(bool((table == v).all(1).any()) for v in enc.prompt.vectors)  # initialised as vocabulary rows
+    enc.train()
+    assert enc.backbone.training  # as under LoRA: the backbone's dropout runs while the prompt trains
+
+    # The forward: the prompt in front, the mask extended over it, only the input positions returned.
+    enc.eval()
+    inputs = _inputs(enc, "text")
+    mask = inputs["attention_mask"]
+    embeds = enc.backbone.get_input_embeddings()(inputs["input_ids"])
+    prompt = enc.prompt.vectors.detach().expand(2, 3, 32)
+    full = enc.backbone(inputs_embeds=torch.cat([prompt, embeds], 1), attention_mask=torch.cat([torch.ones(2, 3, dtype=mask.dtype), mask], 1),
+                        token_type_ids=torch.zeros(2, 3 + mask.shape[1], dtype=torch.long)).last_hidden_state
+    out = enc(inputs)
+    assert out.tokens.shape == (2, mask.shape[1], 32) and torch.equal(out.mask, mask.bool())
+    assert torch.allclose(out.tokens, full[:, 3:], atol=1e-6)
+    real = mask.bool()[..., None]
+    assert torch.allclose(out.pooled, (full[:, 3:] * real).sum(1) / real.sum(1), atol=1e-6)  # the prompt is not pooled
+
+    # A few steps: the prompt and the outputs move, no backbone weight does.
+    before, start = out.pooled.detach(), enc.prompt.vectors.detach().clone()
+    opt = torch.optim.SGD([p for p in enc.parameters() if p.requires_grad], lr=0.5)
+    enc.train()
+    for _ in range(3):
+        enc(inputs).pooled.pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    enc.eval()
+    assert all(torch.equal(v, base[k]) for k, v in enc.backbone.state_dict().items())
+    assert not torch.equal(enc.prompt.vectors, start)
+    assert not torch.allclose(enc(inputs).pooled, before)
+
+
+def test_prompt_in_a_model_trains_prompt_fusion_norm_and_head_only():
+    from mm.config import load_config
+    from mm.model import build_model
+
+    cfg = load_config(None, ["encoders.text.source=tiny-bert", "data.modalities=[text]", "encoders.text.trainable=prompt",
+                             "encoders.text.prompt_tokens=4", "fusion.num_layers=0"])
+    model = build_model(cfg, num_classes=3)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "encoders.text.prompt.vectors", "fusion.norms.text.weight", "fusion.norms.text.bias",
+        "head.linear.weight", "head.linear.bias", "missing.text"}
+    assert model.encoders["text"].prompt.vectors.shape == (4, 32)
+    assert model.encoders["text"].window == 64  # 512 positions hold 4 prompt tokens and 64 pieces
+
+
+def test_prompt_window_gives_up_the_prompt_positions():
+    enc = build_encoder("text", source="tiny-bert", max_length=64)
+    apply_policy(enc, "prompt", prompt_tokens=500)  # tiny-bert has 512 positions
+    assert enc.window == 12
+    long = enc.tokenize(["word " * 40])  # 42 pieces: read in windows of 12 behind the prompt
+    assert enc(long).tokens.shape == (1, 42, 32)
+
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_prompt_is_text_only(modality):
+    from mm.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=f"encoders.{modality}.trainable.*text encoders only"):
+        load_config(None, [f"encoders.{modality}.trainable=prompt"])
+    with pytest.raises(ValueError, match="needs a text encoder"):
+        apply_policy(build_encoder("image", source="tiny-vit"), "prompt")

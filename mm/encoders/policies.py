@@ -8,6 +8,9 @@
   also opens the embeddings), driven by the training loop on a step or epoch schedule.
 - ``lora``: low-rank adapters (peft) on the attention projections (on a CNN such as EfficientNet,
   the pointwise convolutions); the base weights stay frozen.
+- ``prompt``: prompt tuning, text only: ``prompt_tokens`` learned vectors in front of the input
+  embeddings (``mm.encoders.prompt``); the whole backbone stays frozen. The prompt trains at
+  ``optim.backbone_lr`` (prompt tuning wants a large one, e.g. 1e-2 to 3e-1).
 - ``full``: everything trains (wav2vec2's convolutional feature encoder stays frozen when
   ``freeze_feature_encoder`` is set).
 """
@@ -18,8 +21,10 @@ from collections.abc import Sequence
 
 from mm.encoders.base import Encoder
 from mm.encoders.layers import layer_groups
+from mm.encoders.prompt import add_prompt
 
-POLICIES = ("frozen", "linear_probe", "last_n", "gradual", "lora", "full")
+POLICIES = ("frozen", "linear_probe", "last_n", "gradual", "lora", "prompt", "full")
+PROMPT_MODALITIES = ("text",)  # the encoders with input embeddings to prepend a soft prompt to
 
 # Default LoRA targets per family: the attention projections' names in each implementation.
 LORA_TARGETS = {
@@ -31,8 +36,11 @@ LORA_TARGETS = {
 
 
 def apply_policy(encoder: Encoder, policy: str, *, last_n: int = 2, lora_r: int = 8, lora_alpha: int = 16,
-                 lora_dropout: float = 0.0, lora_targets: Sequence[str] = ()) -> None:
-    """Set which backbone parameters of ``encoder`` train (see the module docstring)."""
+                 lora_dropout: float = 0.0, lora_targets: Sequence[str] = (), prompt_tokens: int | None = None) -> None:
+    """Set which backbone parameters of ``encoder`` train (see the module docstring).
+
+    ``prompt_tokens`` defaults to the encoder's own setting (``encoders.text.prompt_tokens``).
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown trainable policy {policy!r}; valid: {list(POLICIES)}")
     if policy == "full":
@@ -43,6 +51,8 @@ def apply_policy(encoder: Encoder, policy: str, *, last_n: int = 2, lora_r: int 
         thaw(encoder, last_n)
     elif policy == "lora":
         add_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_targets)
+    elif policy == "prompt":
+        add_prompt(encoder, prompt_tokens if prompt_tokens is not None else getattr(encoder, "prompt_tokens", 20))
     encoder.policy = policy
     encoder.thawed = 0
     encoder.train(encoder.training)

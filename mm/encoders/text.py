@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from mm.data.media import text_value
 from mm.encoders.base import Encoder, EncoderOutput, masked_mean
+from mm.encoders.prompt import SoftPrompt
 from mm.encoders.sources import resolve_source
 
 POOLINGS = ("mean", "cls")
@@ -62,12 +63,14 @@ class TextEncoder(Encoder):
         stride: word pieces shared by consecutive windows over a sequence longer than the window
             (``max_length``, or the backbone's position limit if smaller), as the ``stride`` of
             Hugging Face tokenizers and of the NER pipeline; capped at half a window.
+        prompt_tokens: the soft prompt's length under ``trainable=prompt`` (``mm.encoders.prompt``);
+            the prompt itself is added by that policy, never here.
     """
 
     modality = "text"
 
     def __init__(self, source: str, trainable: str = "frozen", max_length: int = 64, pooling: str = "mean",
-                 stride: int = 16):
+                 stride: int = 16, prompt_tokens: int = 20):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
@@ -91,7 +94,20 @@ class TextEncoder(Encoder):
         self.n_suffix = special[::-1].index(0)
         if self.window - self.n_prefix - self.n_suffix < 1:
             raise ValueError(f"max_length={max_length} leaves no room for text beside the special tokens")
+        self.prompt_tokens = prompt_tokens
+        self.prompt: SoftPrompt | None = None  # set by the prompt policy (mm.encoders.policies)
         self.set_trainable(trainable)
+
+    @property
+    def frozen(self) -> bool:
+        """No backbone weight trains and there is no soft prompt (a prompt's gradient flows through the backbone)."""
+        return super().frozen and self.prompt is None
+
+    def run_backbone(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The backbone's last hidden states ``[B, T, D]``, with the soft prompt in front when there is one."""
+        if self.prompt is not None:
+            return self.prompt(self.backbone, inputs)
+        return self.backbone(**inputs).last_hidden_state
 
     def load(self, value: Any, root: Path, train: bool = False) -> str:
         return text_value(value)  # a string, else a MediaError
@@ -124,6 +140,9 @@ class TextEncoder(Encoder):
         return {**inputs, "input_ids": torch.where(flip, random_ids, ids)}
 
     def export(self, out_dir: Path, backbone: nn.Module) -> None:
+        if self.prompt is not None:  # the backbone itself never changed under prompt tuning
+            warnings.warn(f"{out_dir}: the soft prompt ({len(self.prompt)} vectors) is task-specific and not part "
+                          "of the exported backbone, which is the unchanged source checkpoint", stacklevel=2)
         backbone.save_pretrained(out_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
 
@@ -178,7 +197,7 @@ class TextEncoder(Encoder):
         }
         mask = inputs["attention_mask"].bool()
         if mask.shape[1] <= self.window:
-            tokens = self.backbone(**model_inputs).last_hidden_state  # [B, T, D]
+            tokens = self.run_backbone(model_inputs)  # [B, T, D]
         else:
             tokens = self.encode_windows(model_inputs)
         pooled = masked_mean(tokens, mask) if self.pooling == "mean" else tokens[:, 0]
@@ -236,7 +255,7 @@ class TextEncoder(Encoder):
                          "attention_mask": valid.to(attention.dtype)}
         if "token_type_ids" in inputs:
             window_inputs["token_type_ids"] = inputs["token_type_ids"][row_of, index.clamp_min(0)].masked_fill(~valid, 0)
-        out = self.backbone(**window_inputs).last_hidden_state  # [N, size, D]
+        out = self.run_backbone(window_inputs)  # [N, size, D]
         source = source.to(ids.device)
         tokens = out.flatten(0, 1)[source.clamp_min(0)]  # [N * size, D] -> [B, T, D]
         return tokens.masked_fill((source < 0)[..., None], 0.0)
