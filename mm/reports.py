@@ -102,7 +102,7 @@ def report_table(report: dict[str, Any], first: str = "entity") -> tuple[list[st
     """A per-entity / per-label / per-class report as table columns and rows (its names, then the
     averages), e.g. for W&B; entries that are not rows (sklearn's ``accuracy``, the confusion
     matrix) are left out. ``first`` names the first column."""
-    rows = [[name, row["precision"], row["recall"], row["f1-score"], row["support"]] for name, row in report.items()
+    rows = [[name, row["precision"], row["recall"], row["f1-score"], int(row["support"])] for name, row in report.items()
             if isinstance(row, dict) and "f1-score" in row]
     return [first, *REPORT_COLUMNS[1:]], rows
 

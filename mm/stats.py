@@ -126,6 +126,7 @@ def reliability_plot(diagrams: dict[str, Reliability], path: Path) -> Path:
         ax.bar(left, np.nan_to_num(d.accuracy), width, align="edge", edgecolor="black", label="accuracy")
         ax.bar(left, np.nan_to_num(d.confidence - d.accuracy), width, bottom=np.nan_to_num(d.accuracy), align="edge",
                color="red", alpha=0.3, label="gap to confidence")
+        ax.plot(left + width / 2, d.confidence, "k.", label="mean confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max softmax probability)", ylabel="accuracy",
                title=f"{title}: ECE {d.ece:.4f} ({len(width)} bins)")
@@ -246,6 +247,15 @@ def paired_bootstrap(a: Sequence[Decomposed], b: Sequence[Decomposed], resamples
     p = (1 + int(np.sum(np.abs(draws_d - d) >= abs(d)))) / (resamples + 1)
     return Paired(_percentiles(draws_a, value_a, level), _percentiles(draws_b, value_b, level),
                   _percentiles(draws_d, d, level), p, n.pop(), len(a), resamples)
+
+
+def format_p(p: float, resamples: int = RESAMPLES, relation: bool = False) -> str:
+    """A bootstrap p-value with 3 decimals (``= `` before it with ``relation``); at its floor
+    ``1 / (resamples + 1)`` (no resample as extreme as the observed difference), ``<= floor``:
+    the true p may be smaller."""
+    if p <= 1 / (resamples + 1):
+        return f"<= {1 / (resamples + 1):.3f}"
+    return f"= {p:.3f}" if relation else f"{p:.3f}"
 
 
 @dataclass(frozen=True)

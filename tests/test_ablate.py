@@ -165,7 +165,9 @@ def test_results_csv_rows_and_columns(reference):
     assert [(n, e["status"], e["run_dir"]) for n, e in state.items()] == [(n, "done", str(out / "runs" / n)) for n in NAMES]
 
 
-def test_summary_is_mean_and_std_over_seeds(reference):
+def test_summary_is_mean_and_interval_over_seeds_with_a_paired_test(reference):
+    from mm.stats import PREDICTIONS, Predictions, compare, format_p
+
     out, result = reference
     rows = read_csv(out / "results.csv")
     stats = {}
@@ -173,15 +175,25 @@ def test_summary_is_mean_and_std_over_seeds(reference):
         for col in ("val/accuracy", "test/accuracy"):
             values = [float(r[col]) for r in rows if r["fusion.hidden_dim"] == dim]
             stats[dim, col] = (statistics.fmean(values), statistics.stdev(values))
+    # the best test mean (the first on a tie) against the other, paired over both seeds' test examples
+    best, other = sorted(("16", "32"), key=lambda d: stats[d, "test/accuracy"][0], reverse=True)
+    runs = {d: [Predictions.load(out / "runs" / f"fusion.hidden_dim={d}__seed={s}" / PREDICTIONS) for s in (0, 1)]
+            for d in ("16", "32")}
+    p = compare(runs[best], runs[other], "accuracy").paired.p
     lines = (out / "summary.md").read_text().splitlines()
-    assert "| fusion.hidden_dim | n | val/accuracy | test/accuracy | ceiling |" in lines
+    assert "| fusion.hidden_dim | n | val/accuracy | test/accuracy | p vs best | ceiling |" in lines
+    t = 12.706204736174698  # t_{0.975} with 1 degree of freedom: two seeds
     for dim in ("16", "32"):
         cells = []
         for col in ("val/accuracy", "test/accuracy"):
             mean, std = stats[dim, col]
-            text = f"{mean:.4f} ± {std:.4f}"
-            cells.append(f"**{text}**" if mean == max(stats[d, col][0] for d in ("16", "32")) else text)
-        assert f"| {dim} | 2 | {cells[0]} | {cells[1]} | {ceiling('color_animal', ['text']):.4f} |" in lines
+            half = t * std / 2**0.5
+            text = f"{mean:.4f} [{mean - half:.4f}, {mean + half:.4f}]"
+            cells.append(f"**{text}**" if col == "test/accuracy" and dim == best and p < 0.05 else text)
+        versus = "best" if dim == best else format_p(p)
+        assert f"| {dim} | 2 | {cells[0]} | {cells[1]} | {versus} | {ceiling('color_animal', ['text']):.4f} |" in lines
+    verdict = "is significantly better than" if p < 0.05 else "No significant difference between"
+    assert verdict in lines[-1] and f"p {format_p(p, relation=True)}" in lines[-1]
     assert result.summary == (out / "summary.md").read_text()
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert yaml.safe_load((out / "grid.yaml").read_text())["overrides"] == TINY

@@ -214,6 +214,15 @@ def test_training_writes_the_per_entity_report(tags_run: dict):
                                                                                  "f1", "support"]
     table = [row for row in read_offline_history(run_dir) if "test/entity_report._type" in row]
     assert [(row["test/entity_report._type"], row["test/entity_report.nrows"]) for row in table] == [("table-file", 9)]
+    # the predictions for scripts/compare.py (word-level tag ids per sentence) and the metric's interval
+    from mm.stats import Predictions, decompose
+
+    preds = Predictions.load(run_dir / "report" / "test_predictions.npz")
+    assert preds.head == "token" and preds.lengths.tolist() == [len(tags) for tags in gold]
+    assert decompose(preds, "entity_f1").value() == pytest.approx(tags_run["test"]["entity_f1"])
+    ci = tags_run["test_ci"]
+    assert (ci["metric"], ci["n"]) == ("entity_f1", 40) and ci["low"] <= ci["value"] <= ci["high"]
+    assert tags_run["test_ece"] is None
 
 
 def test_predict_text_tags_each_word_of_a_token_run(tags_run: dict, capsys: pytest.CaptureFixture):

@@ -1,9 +1,11 @@
 """Tables and plots of grids and learning curves, and the W&B summary run that carries them.
 
-Grids: ``results.csv`` (one row per cell), ``summary.md`` (mean ± std of the metric over seeds,
-the best mean in bold, Bayes ceilings beside) and ``summary.png`` (bars). Curves: ``results.csv``
-(one row per run), ``summary.csv`` and ``summary.md`` (mean ± std of each error over seeds) and
+Grids: ``results.csv`` (one row per cell), ``summary.md`` (the metric's mean over seeds with its 95 %
+t-interval, the best test mean in bold only when a paired test says it beats the runner-up, Bayes
+ceilings beside) and ``summary.png`` (bars with the intervals). Curves: ``results.csv`` (one row
+per run), ``summary.csv`` and ``summary.md`` (mean ± std of each error over seeds) and
 ``curve.png``. Every std is the sample one (n - 1) over the seeds that finished; 0 for one seed.
+Intervals and tests are ``mm.stats``'s.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from mm import stats
 from mm.config import Config
 from mm.experiments.spec import KINDS, Cell, Curve, Grid, label_value
 
+ALPHA = 0.05  # a best cell is marked when its paired test against the runner-up has p < ALPHA
 ERRORS = ("train_error", "val_error", "test_error")  # the columns a curve summarizes
 
 
@@ -48,7 +52,12 @@ def _pyplot() -> Any:
 
 
 def grid_summary(grid: Grid, cells: list[Cell], rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Per cell-without-seed: the grid's values, n seeds, mean and sample std of val/test ``metric``.
+    """Per cell-without-seed: the grid's values, n seeds, and for val/test ``metric`` the mean, the
+    sample std (``<col> std``) and the 95 % t-interval over seeds (``<col> low``, ``<col> high``,
+    NaN for one seed); then ``test/<metric> p vs best``: the paired bootstrap p-value of the cell
+    against the cell with the best test mean, over the test examples of the seeds both have (NaN
+    for the best itself, and where the runs saved no test predictions or the metric has no
+    per-example form).
 
     With ``ceilings``, also ``ceiling``: ``mm.data.synthetic.ceiling`` of the cell's task and
     modalities, in the task's ``CEILING_METRIC`` (accuracy for classification).
@@ -65,9 +74,12 @@ def grid_summary(grid: Grid, cells: list[Cell], rows: list[dict[str, Any]], metr
         if grid.ceilings:
             group["ceiling"] = ceiling(cell.cfg.data.task, cell.cfg.data.modalities)
     by_cell = {row["cell"]: row for row in rows}
+    runs: dict[tuple[str, ...], dict[int, Path]] = {key: {} for key in groups}  # seed -> run folder
     for cell in cells:
         if cell.name in by_cell:
-            groups[tuple(label_value(v) for v in cell.values.values())]["_rows"].append(by_cell[cell.name])
+            key = tuple(label_value(v) for v in cell.values.values())
+            groups[key]["_rows"].append(by_cell[cell.name])
+            runs[key][cell.seed] = Path(cell.cfg.train.out_dir) / cell.cfg.name
     table = []
     for group in groups.values():
         found = group.pop("_rows")
@@ -75,47 +87,94 @@ def grid_summary(grid: Grid, cells: list[Cell], rows: list[dict[str, Any]], metr
         for col in (f"val/{metric}", f"test/{metric}"):
             if found and col not in found[0]:
                 raise KeyError(f"metric {col!r} is not in the results; have {sorted(found[0])}")
-            group[col], group[col + " std"] = mean_std([row[col] for row in found])
+            values = [row[col] for row in found]
+            group[col], group[col + " std"] = mean_std(values)
+            interval = stats.seed_interval(values)
+            group[col + " low"], group[col + " high"] = interval.low, interval.high
         table.append(group)
+    # Each cell against the best test mean (grid_markdown marks the best when the runner-up's p < ALPHA).
+    ranked = rank(table, f"test/{metric}", cells[0].cfg.train.metric_mode if cells else "max")
+    best = next((key for key, group in groups.items() if ranked and group is ranked[0]), None)
+    for key, group in groups.items():
+        group[f"test/{metric} p vs best"] = (paired_p(runs[best], runs[key], metric)
+                                             if group["n"] and best is not None and key != best else math.nan)
     return table
 
 
+def rank(table: list[dict[str, Any]], col: str, mode: str) -> list[dict[str, Any]]:
+    """The cells with results, best ``col`` first."""
+    return sorted((g for g in table if g["n"]), key=lambda g: g[col], reverse=mode == "max")
+
+
+def paired_p(a: dict[int, Path], b: dict[int, Path], metric: str) -> float:
+    """The paired bootstrap p-value of two cells' runs (seed -> run folder) over the test examples of
+    their common seeds (``mm.stats.compare``); NaN when it cannot be computed (no common seed, test
+    predictions missing, a metric without a per-example form, different test examples)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds or not all((run / stats.PREDICTIONS).is_file() for s in seeds for run in (a[s], b[s])):
+        return math.nan
+    try:
+        return stats.compare([stats.Predictions.load(a[s] / stats.PREDICTIONS) for s in seeds],
+                             [stats.Predictions.load(b[s] / stats.PREDICTIONS) for s in seeds], metric).paired.p
+    except (KeyError, ValueError):
+        return math.nan
+
+
 def grid_markdown(grid: Grid, table: list[dict[str, Any]], metric: str, mode: str) -> str:
-    """The grid summary as a Markdown table: ``mean ± std`` per metric, the best mean in bold."""
-    cols = [f"val/{metric}", f"test/{metric}"]
-    pick = max if mode == "max" else min
-    best = {c: pick((g[c] for g in table if g["n"]), default=None) for c in cols}
-    header = [*grid.grid, "n", *cols] + (["ceiling"] if grid.ceilings else [])
-    lines = [f"## {grid.name}: {metric}, mean ± std over seeds {grid.seeds}\n",
+    """The grid summary as a Markdown table: ``mean [low, high]`` per metric and each cell's p-value
+    against the best; the best test mean in bold only when its paired test against the runner-up
+    has p < ``ALPHA``, which a footnote says (or that there is no significant difference)."""
+    cols, test = [f"val/{metric}", f"test/{metric}"], f"test/{metric}"
+    ranked = rank(table, test, mode)
+    runner_p = ranked[1][test + " p vs best"] if len(ranked) > 1 else math.nan
+    marked = ranked[0] if runner_p < ALPHA else None
+    header = [*grid.grid, "n", *cols, "p vs best"] + (["ceiling"] if grid.ceilings else [])
+    lines = [f"## {grid.name}: {metric}, mean [95 % interval] over seeds {grid.seeds}\n",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in table:
         cells = [str(g[k]) for k in grid.grid] + [str(g["n"])]
         for c in cols:
-            text = f"{g[c]:.4f}" + (f" ± {g[c + ' std']:.4f}" if g["n"] > 1 else "")
-            cells.append(f"**{text}**" if g["n"] and g[c] == best[c] else text)
+            text = stats.Interval(g[c], g[c + " low"], g[c + " high"]).format()
+            cells.append(f"**{text}**" if c == test and g is marked else text)
+        p = g[test + " p vs best"]
+        cells.append("best" if ranked and g is ranked[0] else "" if math.isnan(p) else stats.format_p(p))
         if grid.ceilings:
             cells.append(f"{g['ceiling']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
-    note = "\nmean ± sample standard deviation (n - 1) over the seeds that finished; best per column in bold."
+    note = ("\nmean [95 % Student-t interval] over the seeds that finished (no interval for one seed). "
+            "p vs best: paired bootstrap p-value of the cell against the best test mean over the test examples "
+            "of their common seeds (scripts/compare.py).")
+    if len(ranked) > 1:
+        name = ", ".join(f"{k}={ranked[0][k]}" for k in grid.grid)
+        runner = ", ".join(f"{k}={ranked[1][k]}" for k in grid.grid)
+        if marked is not None:
+            note += (f" **Bold**: the best test mean ({name}) is significantly better than the runner-up ({runner}):"
+                     f" p {stats.format_p(runner_p, relation=True)} < {ALPHA}.")
+        elif math.isnan(runner_p):
+            note += (f" The best test mean ({name}) is not marked: no paired test (test predictions missing, or a"
+                     " metric without a per-example form).")
+        else:
+            note += (f" No significant difference between the best test mean ({name}) and the runner-up ({runner}):"
+                     f" p = {runner_p:.3f} >= {ALPHA}; nothing in bold.")
     return "\n".join(lines) + "\n" + note + (" ceiling: the Bayes-optimal score." if grid.ceilings else "") + "\n"
 
 
 def grid_plot(grid: Grid, table: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    """Bars of the val and test mean with std error bars per cell; ceilings as black markers."""
+    """Bars of the val and test mean with their 95 % intervals over seeds per cell; ceilings as black markers."""
     plt = _pyplot()
     labels = ["\n".join(str(g[k]) for k in grid.grid) for g in table]
     xs = list(range(len(table)))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(table)), 4.5))
     for offset, split in ((-0.2, "val"), (0.2, "test")):
         col = f"{split}/{metric}"
-        ax.bar([x + offset for x in xs], [g[col] for g in table], width=0.4, yerr=[g[col + " std"] for g in table],
-               capsize=3, label=col)
+        half = [0.0 if math.isnan(g[col + " low"]) else g[col] - g[col + " low"] for g in table]
+        ax.bar([x + offset for x in xs], [g[col] for g in table], width=0.4, yerr=half, capsize=3, label=col)
     if grid.ceilings:
         ax.scatter(xs, [g["ceiling"] for g in table], marker="_", s=900, color="black", zorder=3, label="ceiling")
     ax.set_xticks(xs, labels, fontsize=8)
     ax.set_xlabel(" / ".join(grid.grid))
     ax.set_ylabel(metric)
-    ax.set_title(f"{grid.name} (mean ± std over seeds)")
+    ax.set_title(f"{grid.name} (mean and 95 % interval over seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=0.3)  # beside, not on, the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
