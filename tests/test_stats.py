@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import softmax
-from wandb_reader import read_offline_run
+from wandb_reader import read_offline_history, read_records
 
 from mm import stats
 from mm.config import load_config
@@ -231,11 +231,16 @@ def test_a_classification_run_writes_its_test_reports(two_runs: tuple[dict, dict
     for name in ("test_report.txt", "test_report.json", "test_confusion.png", "test_reliability.png"):
         assert (report / name).is_file(), name
     assert (report / "test_reliability.png").read_bytes()[:4] == b"\x89PNG"
-    logged = read_offline_run(Path(results["run_dir"]))
-    table = logged["tables"]["test/class_report"]
-    assert table["columns"] == ["class", "precision", "recall", "f1", "support"] and len(table["data"]) == 16 + 2  # classes, macro and weighted avg
-    assert logged["summary"]["test_ece"] == pytest.approx(results["test_ece"])
-    assert logged["summary"]["test_ci/low"] == pytest.approx(ci["low"])
+    (log_file,) = (Path(results["run_dir"]) / "wandb").glob("offline-run-*/run-*.wandb")
+    (row,) = [r for r in read_offline_history(Path(results["run_dir"])) if "test/class_report._type" in r]
+    table = json.loads((log_file.parent / "files" / row["test/class_report.path"]).read_text())
+    assert table["columns"] == ["class", "precision", "recall", "f1", "support"]
+    assert len(table["data"]) == 16 + 2  # the classes, then the macro and weighted averages
+    summary = {}
+    for record in read_records(log_file):
+        summary.update(record["summary"]["update"] if record["type"] == "summary" else {})
+    assert summary["test_ece"] == pytest.approx(results["test_ece"])
+    assert {k: summary[f"test_ci/{k}"] for k in ci} == pytest.approx(ci)
 
 
 def test_compare_script_on_two_tiny_runs(two_runs: tuple[dict, dict]):
