@@ -1,4 +1,4 @@
-"""The runtime under the loop: device, precision, moving batches, seeding, deterministic batches.
+"""The runtime under the loop: device, precision, moving batches, seeding, deterministic (length-grouped) batches.
 
 Everything here is a small pure helper that the training loop, the feature cache, evaluation,
 learning curves and baselines share; nothing here imports the loop, so no module needs the loop
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,12 +69,50 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+POOL_BATCHES = 16  # length-grouped batches: lengths are sorted only within random pools of this many batches
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[float] | None = None,
+                  pool: int = POOL_BATCHES) -> list[list[int]]:
     """The micro-batches of one epoch: a permutation drawn from (seed, epoch) alone, so a
-    resumed run sees exactly the batches an uninterrupted one would."""
+    resumed run sees exactly the batches an uninterrupted one would.
+
+    With ``lengths`` (one per sample, ``data.bucket_by_length``) the batches hold samples of similar
+    length, so that little of each is padding: the permutation is cut into pools of ``pool``
+    batches, each pool is sorted by length (stable: equal lengths keep their random order) and
+    cut into batches, and the full batches are shuffled (the short last one stays last). Sorting
+    only within a random pool keeps the length range of a batch, and so the labels that go with
+    length, as varied as a random pool of ``pool x batch_size`` samples; shuffling the batches
+    keeps consecutive steps from walking long-to-short through a pool. Still a pure function of
+    (seed, epoch, lengths).
+    """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
-    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is None:
+        return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(lengths) != n:
+        raise ValueError(f"lengths: {len(lengths)} values for {n} samples")
+    batches = []
+    for start in range(0, n, batch_size * pool):
+        chunk = sorted(perm[start : start + batch_size * pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    short = batches[-1:] if len(batches[-1]) < batch_size else []
+    full = batches[: len(batches) - len(short)]
+    return [full[k] for k in torch.randperm(len(full), generator=g).tolist()] + short
+
+
+def sort_lengths(per_modality: Mapping[str, Sequence[int]], subset: Sequence[int]) -> list[float] | None:
+    """One length per sample of ``subset`` from a dataset's ``lengths()`` (modality -> one per sample),
+    for ``epoch_batches``: the length itself with one modality that has lengths; with several (text
+    and audio), the sum of each one's length over its longest in the subset. None when no modality's
+    length matters (pictures only)."""
+    if not per_modality:
+        return None
+    if len(per_modality) == 1:
+        (values,) = per_modality.values()
+        return [float(values[i]) for i in subset]
+    longest = {m: max(1, max(values[i] for i in subset)) for m, values in per_modality.items()}
+    return [sum(values[i] / longest[m] for m, values in per_modality.items()) for i in subset]
 
 
 def train_subset(n: int, fraction: float, seed: int) -> list[int]:

@@ -30,12 +30,13 @@ from mm.evaluation import evaluate
 from mm.features import encode_with_cache
 from mm.mixing import Mixing
 from mm.model import MultimodalModel, parameter_counts
-from mm.optim import build_optimizer, build_scheduler
+from mm.optim import NonFiniteGuard, build_optimizer, build_scheduler
 from mm.preemption import Preempted, StopSignals
 from mm.prepare import prepare
 from mm.resume import apply_learning_rates, check_resume, config_hash
 from mm.reports import write_test_reports
-from mm.runtime import autocast, epoch_batches, pick_device, seed_everything, to_device, train_subset
+from mm.runtime import (autocast, epoch_batches, pick_device, seed_everything, sort_lengths, to_device,
+                        train_subset)
 from mm.tracking import Tracker
 
 
@@ -176,10 +177,14 @@ def train(cfg: Config) -> dict[str, Any]:
     train_idx = train_subset(len(splits["train"]), cfg.data.train_fraction, cfg.seed)
     n_train = len(train_idx)
 
+    # data.bucket_by_length: batches of samples of similar length (read once from the tokenizer and
+    # file headers), so that less of each batch is padding.
+    lengths = sort_lengths(splits["train"].lengths(), train_idx) if cfg.data.bucket_by_length else None
+
     def epoch_micro(epoch: int) -> list[list[int]]:
-        """The global micro-batches of an epoch (a pure function of seed and epoch, so a resumed run
-        sees the same batches); each rank reads its slice of each."""
-        micro = epoch_batches(n_train, global_micro, cfg.seed, epoch)
+        """The global micro-batches of an epoch (a pure function of seed, epoch and the lengths, so a
+        resumed run sees the same batches); each rank reads its slice of each."""
+        micro = epoch_batches(n_train, global_micro, cfg.seed, epoch, lengths)
         return distributed.usable([[train_idx[i] for i in b] for b in micro], d)
 
     steps_per_epoch = math.ceil(len(epoch_micro(0)) / accum)
@@ -229,6 +234,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     def checkpoint(best: bool) -> None:
         """One complete checkpoint (weights + state), switched in atomically as ``last`` (and ``best``)."""
+        check_finite()
         bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
         if bad:  # never saved: the previous checkpoint stays the one to resume
             raise diverged(f"step {step}: non-finite weights in {bad[:3]} ({len(bad)} tensors); "
@@ -250,10 +256,24 @@ def train(cfg: Config) -> dict[str, Any]:
     model.train()
     optimizer.zero_grad(set_to_none=True)
     window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
-    # Non-finite guard: steps skipped in all and in a row (fp16's GradScaler skips its own overflows:
-    # it then gets 32 more steps, enough to lower its scale from 2^16 below 2^-16, before the run stops).
+    # Non-finite guard (mm.optim.NonFiniteGuard): a step whose gradients are not finite is skipped and
+    # counted, on the device where it can be (no host sync per step); the counts come to the host once
+    # per logging window and before each checkpoint, and the run stops there once train.max_nonfinite
+    # steps in a row were skipped (fp16's GradScaler skips its own overflows: it then gets 32 more
+    # steps, enough to lower its scale from 2^16 below 2^-16, before the run stops).
     nonfinite = {"skipped": resume_state.get("nonfinite", {}).get("skipped", 0) if resume_state else 0, "run": 0}
+    guard = NonFiniteGuard(optimizer, scaler, device, nonfinite["skipped"])
     patience_nonfinite = cfg.train.max_nonfinite + (32 if cfg.train.precision == "fp16" else 0)
+
+    def check_finite() -> None:
+        """Read the guard's counts (a host sync); stop when too many steps in a row were skipped."""
+        nonfinite["skipped"], nonfinite["run"] = guard.read()
+        if nonfinite["run"] >= patience_nonfinite:
+            raise diverged(
+                f"by step {step}: {nonfinite['run']} optimizer steps in a row had non-finite losses or "
+                f"gradients (train.max_nonfinite={cfg.train.max_nonfinite}); lower optim.lr / "
+                f"optim.backbone_lr or turn on optim.max_grad_norm. Nothing non-finite was saved; "
+                f"the last good checkpoint is {ckpt_dir / 'last'}")
     with StopSignals() as signals:  # SIGTERM / SIGINT / SIGUSR1: checkpoint at the next step, then exit
         while step < total_steps and not stopper.should_stop:
             # One epoch's batches, grouped into optimizer steps; a resumed run skips those done.
@@ -279,27 +299,12 @@ def train(cfg: Config) -> dict[str, Any]:
                                                   mixing, forward, scaler)
                     window_n += 1
                     samples += len(batch["label"]) * d.world
-                # Clip (or just measure) the gradient norm; a non-finite one skips the update. Ranks agree:
-                # their gradients are already averaged. This check is the loop's one host sync per step.
+                # Clip (or just measure) the gradient norm; a non-finite one skips the update (the guard).
+                # Ranks agree: their gradients are already averaged.
                 scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                       cfg.optim.max_grad_norm or math.inf)
-                finite = bool(torch.isfinite(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
-                scale = scaler.get_scale() if scaler.is_enabled() else None
-                if finite or scaler.is_enabled():
-                    scaler.step(optimizer)  # fp16: the scaler itself skips a non-finite update
-                scaler.update()
-                if not finite or (scale is not None and scaler.get_scale() < scale):
-                    nonfinite["skipped"] += 1
-                    nonfinite["run"] += 1
-                    if nonfinite["run"] >= patience_nonfinite:
-                        raise diverged(
-                            f"step {step + 1}: {nonfinite['run']} optimizer steps in a row had non-finite losses or "
-                            f"gradients (train.max_nonfinite={cfg.train.max_nonfinite}); lower optim.lr / "
-                            f"optim.backbone_lr or turn on optim.max_grad_norm. Nothing non-finite was saved; "
-                            f"the last good checkpoint is {ckpt_dir / 'last'}")
-                else:
-                    nonfinite["run"] = 0
+                guard.step(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -311,7 +316,8 @@ def train(cfg: Config) -> dict[str, Any]:
                 if step % 10 == 0 or is_eval:
                     elapsed = time.perf_counter() - window_t
                     lrs = {f"train/lr/{g['name'].split('/')[0]}": g["lr"] for g in optimizer.param_groups}
-                    # The summed loss comes back to the host here, once per logging window.
+                    # The summed loss and the guard's counts come back to the host here, once per window.
+                    check_finite()
                     mean_loss = distributed.mean(float(window_loss) / window_n, d)
                     tracker.log({"train/loss": mean_loss, "train/epoch": step / steps_per_epoch,
                                  "train/samples_per_s": samples / elapsed, "train/nonfinite_skipped": nonfinite["skipped"],

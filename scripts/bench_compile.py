@@ -1,53 +1,11 @@
 #!/usr/bin/env python
-"""Is ``train.compile=true`` worth turning on? Steady-state training throughput, eager vs compiled.
+"""Moved to ``scripts/bench/compiled.py`` (part of the benchmark suite, ``scripts/bench/run.py``); this
+path keeps working with the same arguments."""
 
-    python scripts/bench_compile.py [--reps 3] [--steps 60] [key=value ...]
-
-Runs the same short training eager and through ``torch.compile``, interleaved (A B A B ...), and
-reports the median samples/s of the logging windows after the first 20 steps (compilation happens
-in the first ones) and the ratio compiled / eager per repetition. Default: the synthetic benchmark,
-tiny ViT fine-tuned + frozen MiniLM (from the feature cache), on this machine's device.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import statistics
-import subprocess
+import runpy
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ["encoders.image.source=tiny-vit", "train.progress=false", "train.plots=false", "wandb.mode=disabled",
-        "data.synthetic.n_train=2000", "train.eval_every=1000"]
-
-
-def throughput(out: Path, name: str, steps: int, extra: list[str]) -> float:
-    subprocess.run([sys.executable, "scripts/train.py", *BASE, *extra, f"train.max_steps={steps}",
-                    f"train.out_dir={out}", f"name={name}"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r and r["step"] > 20)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    ratios = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.reps):
-            eager = throughput(Path(tmp), f"eager{rep}", args.steps, args.overrides)
-            compiled = throughput(Path(tmp), f"compiled{rep}", args.steps, [*args.overrides, "train.compile=true"])
-            ratios.append(compiled / eager)
-            print(f"rep {rep}: eager {eager:.1f} samples/s, compiled {compiled:.1f} samples/s, ratio {ratios[-1]:.3f}")
-    print(f"compiled / eager: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.argv[0] = str(Path(__file__).resolve().parent / "bench" / "compiled.py")
+    runpy.run_path(sys.argv[0], run_name="__main__")

@@ -184,6 +184,12 @@ class CachedSplit(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {**self.dataset[i], "cached": self.tables}
 
+    def lengths(self) -> dict[str, list[int]]:
+        """The live modalities' lengths (the split's ``lengths``) and the cached ones': tokens per sample
+        in its table, what ``FeatureTable.gather`` pads to."""
+        cached = {m: (t.offsets[1:] - t.offsets[:-1]).tolist() for m, t in self.tables.items()}
+        return {**self.dataset.lengths(), **cached}
+
 
 class CachedCollator:
     """``Collator`` for the live modalities, plus ``batch["cached"][m]`` and ``present[m]`` gathered by index."""

@@ -142,6 +142,7 @@ class ManifestDataset(Dataset):
         self.label_key = label_key
         self.augment = augment and any(e.augment for e in self.encoders.values())
         self.seed, self.epoch = seed, 0
+        self._lengths: dict[tuple[str, ...], dict[str, list[int]]] = {}
         self.rows: list[dict] = rows if rows is not None else read_split(self.root, split)
         self.labels: list = []
         self.words: list[list[str]] = []  # token tagging only
@@ -222,14 +223,34 @@ class ManifestDataset(Dataset):
         """The epoch whose augmentation the next samples get (the loop calls it before each epoch)."""
         self.epoch = epoch
 
+    def _values(self, i: int) -> dict[str, Any]:
+        """Sample ``i``'s manifest value per modality (None where absent); token tagging reads the words."""
+        values = {m: self.rows[i].get(m) for m in self.modalities}
+        if isinstance(self.codec, TagLabels):  # token tagging: the words are the text
+            values[TEXT] = " ".join(self.words[i]) if TEXT in values else None
+        return values
+
+    def lengths(self) -> dict[str, list[int]]:
+        """Each sample's length per modality whose encoder has one (``Encoder.length``: text word
+        pieces, audio samples; 0 where a sample lacks the modality), for length-grouped batches.
+
+        Read cheaply (tokenizer, file headers) once per dataset and modality set, then remembered."""
+        key = tuple(self.modalities)
+        if key not in self._lengths:  # one dict shared with restricted copies (``mm.data.cached``)
+            values = [self._values(i) for i in range(len(self))]
+            found: dict[str, list[int]] = {}
+            for m in self.modalities:
+                first = next((v[m] for v in values if v[m] is not None), None)
+                if first is not None and self.encoders[m].length(first, self.root) is not None:
+                    found[m] = [0 if v[m] is None else self.encoders[m].length(v[m], self.root) for v in values]
+            self._lengths[key] = found
+        return self._lengths[key]
+
     def _decoded(self, i: int, train: bool) -> dict[str, Any]:
         """Sample ``i``'s present values decoded by their encoders; a failure names the row."""
         row = self.rows[i]
-        values = {m: row.get(m) for m in self.modalities}
-        if isinstance(self.codec, TagLabels):  # token tagging: the words are the text
-            values[TEXT] = " ".join(self.words[i]) if TEXT in values else None
         decoded = {}
-        for m, value in values.items():
+        for m, value in self._values(i).items():
             if value is None:
                 continue
             try:

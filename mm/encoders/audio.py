@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 import torch
 import transformers
 from torch import nn
-from transformers import AutoFeatureExtractor, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from mm.data.media import media_path, read_audio
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.sources import resolve_source
+from mm.encoders.text import fast_attention
 from mm.encoders.wave import WaveAugment
+
+
+def clip_samples(value: Any, root: Path, sample_rate: int, max_samples: int) -> int:
+    """How many samples a recording has at ``sample_rate``, at most ``max_samples``, from its file header
+    alone (``soundfile.info``: nothing decoded), for length-grouped batches."""
+    info = soundfile.info(str(media_path(value, root)))
+    return min(max_samples, math.ceil(info.frames * sample_rate / info.samplerate))
 
 
 class AudioEncoder(Encoder):
@@ -52,7 +62,7 @@ class AudioEncoder(Encoder):
         self.source = source
         self.freeze_feature_encoder = freeze_feature_encoder
         self.extractor = AutoFeatureExtractor.from_pretrained(path)
-        self.backbone = AutoModel.from_pretrained(path)
+        self.backbone = AutoModel.from_pretrained(path, **fast_attention(AutoConfig.from_pretrained(path)))
         self.sample_rate = int(self.extractor.sampling_rate)
         self.max_samples = int(max_seconds * self.sample_rate)
         self.out_dim = self.backbone.config.hidden_size
@@ -63,6 +73,10 @@ class AudioEncoder(Encoder):
     def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
         wave = read_audio(media_path(value, root), self.sample_rate)
         return self.wave_augment(wave, self.sample_rate) if train and self.augment else wave
+
+    def length(self, value: Any, root: Path) -> int:
+        """Samples of the recording at ``sample_rate``, cropped as ``featurize`` crops (``clip_samples``)."""
+        return clip_samples(value, root, self.sample_rate, self.max_samples)
 
     def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
         """``featurize``; a missing recording is 25 ms of silence."""

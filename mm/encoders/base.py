@@ -9,6 +9,9 @@ would otherwise answer by naming a modality:
 - ``collate(values)``: a list of sample values, ``None`` where a sample lacks the modality, padded
   into the encoder's input dict; a missing value gets a placeholder (the model replaces its output
   by a learned missing embedding), so a batch where no sample has the modality is fine too;
+- ``length(value, root)``: how long one manifest value will be once collated (text: word pieces;
+  audio: samples), read cheaply (tokenizer, file header), or None where length does not matter
+  (pictures): what length-grouped batches sort by (``data.bucket_by_length``);
 - ``fingerprint()``: the preprocessing settings that decide its outputs (the feature-cache key);
 - ``corrupt(inputs, strength, generator)``: the robustness-noise of growing strength;
 - ``export(out_dir, backbone)``: the backbone and preprocessing in the layout ``source`` loads.
@@ -92,6 +95,10 @@ class Encoder(nn.Module):
     def collate(self, values: list[Any]) -> dict[str, torch.Tensor]:
         """Sample values (``None`` where missing) padded into this encoder's input dict."""
         raise NotImplementedError(f"{type(self).__name__}.collate")
+
+    def length(self, value: Any, root: Path) -> int | None:
+        """The padded size one manifest value takes in a batch (None: every value is the same size)."""
+        return None
 
     def fingerprint(self) -> dict[str, Any]:
         """The preprocessing settings that decide the outputs for given weights (feature-cache key)."""

@@ -26,6 +26,7 @@ from einops import reduce
 from torch import nn
 
 from mm.data.media import media_path, read_audio
+from mm.encoders.audio import clip_samples
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.image import create_backbone
 from mm.encoders.wave import WaveAugment
@@ -92,6 +93,10 @@ class SpectrogramEncoder(Encoder):
             time = torchaudio.transforms.TimeMasking(max(1, spec.shape[1] // 10))
             spec = time(time(freq(freq(spec[None]))))[0]  # masked at 0, the clip's mean
         return spec
+
+    def length(self, value: Any, root: Path) -> int:
+        """Samples of the recording at ``sample_rate``, cropped as ``spectrogram`` crops (frames follow them)."""
+        return clip_samples(value, root, self.sample_rate, self.max_samples)
 
     def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
         """``spectrogram [B, 1, n_mels, T]`` zero-padded to the longest clip, and ``frames [B]``

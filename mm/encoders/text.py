@@ -23,15 +23,23 @@ from mm.encoders.sources import resolve_source
 POOLINGS = ("mean", "cls")
 
 
+def fast_attention(config: transformers.PretrainedConfig) -> dict[str, str]:
+    """``attn_implementation="sdpa"`` (PyTorch's fused scaled-dot-product attention: flash or
+    memory-efficient kernels on GPUs) for ``AutoModel`` of an architecture that supports it, else nothing."""
+    model_class = AutoModel._model_mapping[type(config)]
+    return {"attn_implementation": "sdpa"} if getattr(model_class, "_supports_sdpa", False) else {}
+
+
 def load_text_backbone(path: str) -> torch.nn.Module:
-    """``AutoModel.from_pretrained(path)`` without the BERT pooler where the architecture has one.
+    """``AutoModel.from_pretrained(path)`` without the BERT pooler where the architecture has one,
+    with SDPA attention where it is supported (``fast_attention``).
 
     The pooler (a dense layer on [CLS] trained for next-sentence prediction) is never used by
     ``TextEncoder``; leaving it out means every trainable parameter gets a gradient.
     """
     config = AutoConfig.from_pretrained(path)
     model_class = AutoModel._model_mapping[type(config)]
-    kwargs = {}
+    kwargs = fast_attention(config)
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False
     # Load quietly, then report what matters ourselves: the dropped pooler's unused weights are
@@ -111,6 +119,10 @@ class TextEncoder(Encoder):
 
     def load(self, value: Any, root: Path, train: bool = False) -> str:
         return text_value(value)  # a string, else a MediaError
+
+    def length(self, value: Any, root: Path) -> int:
+        """Word pieces of the text with its special tokens, truncated at ``max_length`` as ``tokenize`` does."""
+        return len(self.tokenizer(text_value(value), truncation=True, max_length=self.max_length)["input_ids"])
 
     def collate(self, values: list[str | None]) -> dict[str, torch.Tensor]:
         """``tokenize``; a missing text is the empty string ([CLS] [SEP])."""
