@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,6 +27,9 @@ from mm.features import encode_with_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
 from mm.runtime import autocast, to_device
+
+if TYPE_CHECKING:
+    from mm.tracking import Tracker
 
 NOISE_LEVELS = (0.0, 0.1, 0.25, 0.5, 1.0)
 
@@ -177,3 +180,18 @@ def write_robustness(rows: list[dict[str, Any]], out_dir: Path, metric: str = "a
     fig.savefig(paths["png"], dpi=120, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def log_robustness(tracker: Tracker, rows: list[dict[str, Any]], split: str, metric: str) -> None:
+    """Logs the matrix to W&B as native charts, beside the table and heatmap ``evaluate.py`` logs.
+
+    ``robustness/<split>/removed``: a bar of ``metric`` per removed subset of modalities;
+    ``robustness/<split>/noise``: ``metric`` against noise strength, one line per modality. Every
+    run logs the same keys, so one workspace panel overlays the runs of a group.
+    """
+    removed = [[r["modality"], r[metric]] for r in rows if r["kind"] == "removed"]
+    tracker.log_bar(f"robustness/{split}/removed", ["removed", metric], removed, "removed", metric,
+                    title=f"{metric} ({split}) with modalities removed at test time")
+    noise = [[r["level"], r[metric], r["modality"]] for r in rows if r["kind"] == "noise"]
+    tracker.log_line(f"robustness/{split}/noise", ["level", metric, "modality"], noise, "level", metric,
+                     stroke="modality", title=f"{metric} ({split}) with noise on one modality")

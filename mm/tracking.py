@@ -8,7 +8,9 @@ of the run with one warning. A dead network costs at most ``PROBE_TIMEOUT_S``: b
 start the W&B server (or the proxy in front of it) must accept a TCP connection within that time.
 An empty ``WANDB_MODE`` counts as unset. ``wandb`` is imported only when a tracker needs it. The
 first tracker of a process starts the wandb-core service; the requirements snapshot W&B would
-take at every init is turned off.
+take at every init is turned off. Besides metrics, a tracker logs tables, images, native W&B charts
+(``log_line``, ``log_bar``: custom charts whose tables stay in W&B's run files, their rows in the
+caller's CSV files) and the run's checkpoints as model artifacts (``log_model``, ``mm.artifacts``).
 """
 
 from __future__ import annotations
@@ -69,10 +71,10 @@ def resolve_mode(mode: str) -> str:
         if env_mode not in _WANDB_MODE_ENV:
             raise ValueError(f"unknown WANDB_MODE={env_mode!r}; valid values: {', '.join(_WANDB_MODE_ENV)}")
         return _WANDB_MODE_ENV[env_mode]
-    return "online" if _api_key_configured() else "offline"
+    return "online" if api_key_configured() else "offline"
 
 
-def _api_key_configured() -> bool:
+def api_key_configured() -> bool:
     """Whether W&B would find an API key, without importing wandb or touching the network."""
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -195,6 +197,63 @@ class Tracker:
         """Logs a table to W&B; does nothing when W&B is off."""
         self._call(lambda run: run.log({key: self._wandb.Table(columns=columns, data=rows)}))
 
+    def log_line(self, key: str, columns: list[str], rows: list[list], x: str, y: str, stroke: str | None = None,
+                 title: str = "") -> None:
+        """Logs a table and a native W&B line chart of it: ``y`` against ``x``, one line per ``stroke`` value.
+
+        The chart is a W&B custom chart (``wandb.plot.line``): its spec goes to the run's config
+        (``_wandb.visualize.<key>``) and its table to ``<key>_table``. A workspace panel of the
+        chart draws the table of every run shown, so runs of one group overlay. Does nothing when
+        W&B is off: the rows stay in the caller's CSV files in the run folder.
+
+        Raises:
+            ValueError: ``x``, ``y`` or ``stroke`` is not one of ``columns`` (also when W&B is off).
+        """
+        self._log_chart(key, columns, rows, (x, y, stroke),
+                        lambda table: self._wandb.plot.line(table, x, y, stroke=stroke, title=title))
+
+    def log_bar(self, key: str, columns: list[str], rows: list[list], label: str, value: str,
+                title: str = "") -> None:
+        """Logs a table and a native W&B bar chart of it (``wandb.plot.bar``): one bar of ``value`` per ``label``.
+
+        Keys, spec and table go to W&B as for ``log_line``.
+
+        Raises:
+            ValueError: ``label`` or ``value`` is not one of ``columns`` (also when W&B is off).
+        """
+        self._log_chart(key, columns, rows, (label, value),
+                        lambda table: self._wandb.plot.bar(table, label, value, title=title))
+
+    def log_model(self, checkpoints: Path) -> None:
+        """Logs the ``best`` and ``last`` checkpoints as W&B artifacts of type ``model``, aliased ``best`` and ``last``.
+
+        The artifact is named ``model-<W&B run id>``; one checkpoint that is both best and last is
+        one version with both aliases. Its files are staged in ``run_dir/artifacts/`` (hard links to
+        the checkpoint, see ``mm.artifacts.stage_checkpoint``) and logged in place, so an offline
+        run's record points into the run folder and ``wandb sync`` uploads them from there. Does
+        nothing when W&B is off.
+
+        Args:
+            checkpoints: The run's ``checkpoints`` folder, with its ``best`` and ``last`` links.
+        """
+        if self._run is None:
+            return
+        from mm.artifacts import stage_checkpoint
+
+        aliases: dict[Path, list[str]] = {}
+        for alias in ("best", "last"):
+            if (checkpoints / alias).is_dir():
+                aliases.setdefault((checkpoints / alias).resolve(), []).append(alias)
+
+        def send(run: Any) -> None:
+            for folder, names in aliases.items():
+                staged, metadata = stage_checkpoint(self.run_dir, folder)
+                artifact = self._wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
+                artifact.add_dir(str(staged), policy="immutable")  # no copy: the staged files are the record
+                run.log_artifact(artifact, aliases=names)
+
+        self._call(send)
+
     def finish(self, exit_code: int = 0) -> None:
         """Closes the JSONL log and the W&B run; calling it again does nothing."""
         if self._finished:
@@ -215,6 +274,15 @@ class Tracker:
     ) -> None:
         # W&B marks the run failed when the block raised.
         self.finish(exit_code=0 if exc_type is None else 1)
+
+    def _log_chart(self, key: str, columns: list[str], rows: list[list], fields: tuple[str | None, ...],
+                   chart: Callable[[Any], Any]) -> None:
+        """Logs ``chart(table)``, a ``wandb.plot`` chart of the rows, after checking that its fields are columns."""
+        missing = [f for f in fields if f is not None and f not in columns]
+        if missing:
+            raise ValueError(f"chart {key!r}: {missing} not among the table's columns {columns}")
+        data = [[_plain(value) for value in row] for row in rows]
+        self._call(lambda run: run.log({key: chart(self._wandb.Table(columns=columns, data=data))}))
 
     def _open_metrics(self, resume_step: int | None) -> TextIO:
         """Opens metrics.jsonl for appending, keeping only the lines a resumed run continues."""
@@ -254,7 +322,7 @@ class Tracker:
 
             self._wandb = wandb
             if self._mode == "online":
-                _check_server(wandb.setup().settings)
+                check_server(wandb.setup().settings)
             self._run = self._init_wandb(init_args, run_id)
         except Exception as error:
             if self._mode != "online":
@@ -342,7 +410,7 @@ def probe_server(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     return failure["reason"]
 
 
-def _check_server(settings: Any) -> None:
+def check_server(settings: Any) -> None:
     """Raises ``ConnectionError`` unless the W&B server, or the proxy wandb goes through, accepts a connection.
 
     Args:

@@ -377,6 +377,8 @@ def train(cfg: Config) -> dict[str, Any]:
     tracker.summary({f"best/{metric_key}": stopper.best, "best/step": stopper.best_step,
                      "nonfinite_skipped": nonfinite["skipped"], **{f"bad_samples/{k}": v for k, v in bad_samples.items()},
                      "stopped_early": stopper.should_stop, **{f"test/{k}": v for k, v in test.items()}})
+    if cfg.wandb.log_model:  # the best and last checkpoints as W&B model artifacts
+        tracker.log_model(ckpt_dir)
     tracker.finish()
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     distributed.close(d)

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    from mm.artifacts import run_argument  # a run folder, or a W&B model artifact downloaded
+    parser.add_argument("run_dir", type=run_argument, help="run folder or artifact:[entity/]project/name:alias")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--levels", type=float, nargs="+", default=None, help="noise strengths (0 = clean)")
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mm.config import to_dict
-    from mm.evaluation import NOISE_LEVELS, load_run, robustness, write_robustness
+    from mm.evaluation import NOISE_LEVELS, load_run, log_robustness, robustness, write_robustness
     from mm.prepare import prepare
     from mm.tracking import Tracker
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         columns = list(rows[0])
         tracker.log_table(f"robustness/{args.split}", columns, [[r[c] for c in columns] for r in rows])
         tracker.log_image(f"robustness/{args.split}_heatmap", paths["png"])
+        log_robustness(tracker, rows, args.split, metric)  # native W&B charts
         tracker.finish()
     calibration = calibrate(model, job, cfg, args.run_dir / "report") if args.calibrate else None
     clean = next(r for r in rows if r["kind"] == "removed" and r["modality"] == "none")

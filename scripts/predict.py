@@ -8,6 +8,10 @@ Batch mode reads a JSONL manifest (rows with text / image / audio, media paths r
 manifest's folder; labels are not needed) and writes one JSON line per row: its id, the
 prediction decoded to class names and the class probabilities. Single-example mode prints one line.
 
+RUN_DIR may instead name a W&B model artifact, logged by a run with ``wandb.log_model=true``:
+``artifact:[entity/]project/model-<run id>:best`` (or ``:last``, ``:v3``) is downloaded into
+``$MM_ARTIFACT_CACHE`` (default ``~/.cache/mm/artifacts``) and read from there (``mm.artifacts``).
+
 A token-tagging run (``head.name=token``) tags the words of ``--text`` split at whitespace (manifest
 rows hold them under ``tokens``) and prints ``{"id", "tokens", "prediction"}``, one tag per word:
 
@@ -25,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mm.artifacts import run_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=run_argument, help="run folder or artifact:[entity/]project/name:alias")
     parser.add_argument("--input", type=Path, help="JSONL manifest to predict")
     parser.add_argument("--output", type=Path, help="where to write predictions (default: stdout)")
     parser.add_argument("--text", help="single example: the text")

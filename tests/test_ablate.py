@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from wandb_reader import read_offline_history, read_records
+from wandb_reader import read_offline_history, read_offline_run
 
 import mm.train as mm_train
 from mm.config import ConfigError, load_config
@@ -103,9 +103,10 @@ class CountingTrain:
 
 
 def wandb_run(run_dir: Path) -> tuple[str, str, str]:
-    """(name, group, job type) of the offline W&B run in ``run_dir``."""
-    (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    run = next(r["run"] for r in read_records(log_file) if r["type"] == "run")
+    """(name, group, job type) of the offline W&B run in ``run_dir`` (of each segment: the summary run has two)."""
+    (run, *more) = read_offline_run(run_dir)["runs"]
+    assert all((r["run_id"], r["display_name"], r["run_group"], r["job_type"])
+               == (run["run_id"], run["display_name"], run["run_group"], run["job_type"]) for r in more)
     return run["display_name"], run["run_group"], run["job_type"]
 
 
@@ -274,7 +275,8 @@ def test_sweep_export_gives_the_cells_configs(grid_file, tmp_path):
                                "wandb.job_type=ablation", "${args_no_hyphens}"]
     assert not (tmp_path / "runs").exists()
 
-    # What `wandb agent` would run for each grid point is the cell's config (run name and folder aside).
+    # What `wandb agent` would run for each grid point is the cell's config (run name and folder aside, and
+    # the W&B tags of the cell: a sweep's runs are told apart by their sweep and parameters).
     train_cli = load_script("train")
     cells = grids.expand(grids.load_grid(grid_file, ["train.epochs=1"]), tmp_path)
     keys = list(spec["parameters"])
@@ -284,6 +286,8 @@ def test_sweep_export_gives_the_cells_configs(grid_file, tmp_path):
         parsed = train_cli.parse_args(argv)
         cfg = load_config(parsed.config, parsed.overrides)
         cfg.name, cfg.train.out_dir, cfg.train.progress = cell.cfg.name, cell.cfg.train.out_dir, False
+        assert cfg.wandb.tags == [] and cell.cfg.wandb.tags == ["tiny", f"fusion.hidden_dim={combo[0]}"]
+        cfg.wandb.tags = cell.cfg.wandb.tags
         assert cfg == cell.cfg
 
 

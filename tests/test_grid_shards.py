@@ -200,11 +200,13 @@ def test_sweep_command_as_wandb_agent_builds_and_runs_it(tmp_path, monkeypatch):
                                 "encoders.image.source=tiny-vit", "train.max_steps=1", "wandb.mode=offline", "wandb.group=sweepy", "wandb.job_type=ablation",
                                 "data.modalities=['text', 'image']", "fusion.hidden_dim=32", "seed=0"]
 
-    # It trained the cell's config (its run name and folder aside) ...
+    # It trained the cell's config (its run name and folder aside, and the cell's W&B tags: the sweep
+    # tells its runs apart) ...
     (run_dir,) = (tmp_path / "runs").iterdir()
     cfg = load_config(run_dir / "config.yaml")
     assert (cfg.data.modalities, cfg.fusion.hidden_dim, cfg.train.out_dir) == (["text", "image"], 32, "runs")
     cfg.name, cfg.train.out_dir, cfg.train.progress = cell.cfg.name, cell.cfg.train.out_dir, cell.cfg.train.progress
+    cfg.wandb.tags = cell.cfg.wandb.tags
     assert cfg == cell.cfg
     # ... as the sweep's own W&B run, which carries the metric the sweep optimizes.
     (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")

@@ -25,7 +25,9 @@ the metrics are kept in ``runs/<run>/train_eval.json``. ``wall_time_s`` is the t
 (``results.json``), this evaluation not included. The output folder holds ``curve.yaml``
 (the resolved curve), ``state.json``, ``results.csv`` (one row per run), ``summary.csv`` and
 ``summary.md`` (mean and sample std over seeds), ``curve.png``, ``runs/`` and the W&B summary run
-``summary/``. Runs are W&B runs in group ``name`` with job type ``learning-curve``. Rerunning
+``summary/``. Runs are W&B runs in group ``name`` with job type ``learning-curve``, tagged with
+``name`` and ``key=value`` per value of the run (``point=full``, ``policy=frozen``, ``fraction=0.1``);
+the summary run also draws the curve as a native W&B line chart, ``curve/error``. Rerunning
 resumes as grids do (``mm.experiments.runner``): a run is skipped when it is done with the config
 it has now.
 """
@@ -36,14 +38,14 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mm.config import Config, ConfigError
 from mm.experiments import reports
 from mm.experiments.reports import ERRORS
-from mm.experiments.runner import run_cells, write_atomic
+from mm.experiments.runner import run_cells, summary_charts, summary_config, tag_cells, write_atomic
 from mm.experiments.spec import (
     KINDS,
     RESERVED_KEYS,
@@ -57,6 +59,9 @@ from mm.experiments.spec import (
     read_spec,
     resolve_base,
 )
+
+if TYPE_CHECKING:
+    from mm.tracking import Tracker
 
 SPEC_KEYS = {"base", "overrides", "kind", "seeds", "metric", "name"}  # besides each kind's own
 TRAIN_EVAL = "train_eval.json"
@@ -126,8 +131,8 @@ def expand(curve: Curve, out_dir: Path) -> list[Cell]:
         for value in curve.values:
             variants.append(Variant({kind.column: point.name, kind.sweep.column: value},
                                     [*point.overrides, f"{kind.sweep.override}={value}"]))
-    return expand_cells(curve.path, curve.base, curve.overrides, variants, curve.seeds, out_dir,
-                        group=curve.name, job_type="learning-curve", what="run")
+    return tag_cells(expand_cells(curve.path, curve.base, curve.overrides, variants, curve.seeds, out_dir,
+                                  group=curve.name, job_type="learning-curve", what="run"), curve.name)
 
 
 def curve_dict(curve: Curve) -> dict[str, Any]:
@@ -184,7 +189,7 @@ def run_curve(curve: Curve, cells: list[Cell], out_dir: Path, log: Callable[[str
                                measure=lambda cell, run_dir: train_eval(run_dir), announce=False, log=log)
     rows = [run_row(c, Path(state.cells[c.name]["run_dir"]), curve) for c in cells
             if state.cells[c.name]["status"] == "done"]
-    summary, markdown = write_reports(curve, rows, out_dir, cells[0].cfg)
+    summary, markdown = write_reports(curve, rows, out_dir, summary_config(cells[0], curve.name))
     return {"rows": rows, "summary": summary, "markdown": markdown, "trained": trained, "failed": state.failed}
 
 
@@ -220,4 +225,24 @@ def write_reports(curve: Curve, rows: list[dict[str, Any]], out_dir: Path,
     plot = reports.curve_plot(curve, table, out_dir / "curve.png")
     reports.log_summary_run(out_dir, curve_dict(curve), cfg, group=curve.name, job_type="learning-curve-summary",
                             tables={"runs": rows, "summary": table}, images={"curve": plot})
+    with summary_charts(out_dir, cfg, curve.name, "learning-curve-summary") as tracker:
+        log_charts(tracker, curve, table)
     return table, markdown
+
+
+def log_charts(tracker: Tracker, curve: Curve, table: list[dict[str, Any]]) -> None:
+    """The curve as a native W&B line chart, ``curve/error``: what curve.png draws, the std bands aside.
+
+    Error (mean over seeds) against the kind's x (``params_trainable``, or the swept value such as
+    ``fraction``), one line per ``series``: ``train`` and ``val`` (capacity), or ``<policy> train``
+    and ``<policy> val`` (data). The chart's table also has the std and the named set.
+    """
+    kind = KINDS[curve.kind]
+    x = kind.sweep.column if kind.sweep else "params_trainable"
+    rows = []
+    for g in table:
+        for split in ("train", "val"):
+            series = f"{g[kind.column]} {split}" if kind.sweep else split
+            rows.append([g[x], g[f"{split}_error"], g[f"{split}_error_std"], series, g[kind.column]])
+    tracker.log_line("curve/error", [x, "error", "std", "series", kind.column], rows, x, "error", stroke="series",
+                     title=f"{curve.name}: error = 1 - {curve.metric}, mean over seeds {curve.seeds}")

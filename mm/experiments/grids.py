@@ -22,10 +22,13 @@ value a mapping from each label to its overrides)::
         full: [encoders.image.trainable=full, encoders.audio.trainable=full]
 
 Each cell's name is its overrides, ``data.modalities=text+image__fusion.name=late__seed=0``; it
-names the run folder ``<out>/runs/<cell>`` and the W&B run. The output folder holds ``grid.yaml``
-(the resolved grid, itself a grid file), ``state.json`` (per cell: status, run_dir, error, peak
-memory), ``results.csv``, ``summary.md``, ``summary.png``, and ``configs/`` and ``logs/`` of
-subprocess cells. Rerunning the same command resumes (``mm.experiments.runner``); the
+names the run folder ``<out>/runs/<cell>`` and the W&B run. Every cell's W&B run is in group
+``name`` with job type ``ablation`` and tagged with ``name`` and ``key=value`` per value of the cell
+(``mm.experiments.runner.tag_cells``); the W&B summary run ``<name>-summary`` carries the summary
+table, summary.png and the bar charts ``grid/val/<metric>`` and ``grid/test/<metric>``. The
+output folder holds ``grid.yaml`` (the resolved grid, itself a grid file), ``state.json`` (per
+cell: status, run_dir, error, peak memory), ``results.csv``, ``summary.md``, ``summary.png``, and
+``configs/`` and ``logs/`` of subprocess cells. Rerunning the same command resumes (``mm.experiments.runner``); the
 ``peak_memory_kind`` column says how a cell's peak memory was measured.
 
 A grid spreads over machines in shards: shard ``i`` of ``n`` runs the cells whose 0-based
@@ -46,13 +49,23 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mm.config import Config, ConfigError
 from mm.experiments import reports
-from mm.experiments.runner import SHARDS, STATE, is_done, read_states, run_cells, write_atomic
+from mm.experiments.runner import (
+    SHARDS,
+    STATE,
+    is_done,
+    read_states,
+    run_cells,
+    summary_charts,
+    summary_config,
+    tag_cells,
+    write_atomic,
+)
 from mm.experiments.spec import (
     RESERVED_KEYS,
     ROOT,
@@ -67,6 +80,9 @@ from mm.experiments.spec import (
     read_spec,
     resolve_base,
 )
+
+if TYPE_CHECKING:
+    from mm.tracking import Tracker
 
 GRID_KEYS = {"base", "overrides", "grid", "seeds", "name", "metric", "ceilings"}
 
@@ -122,8 +138,8 @@ def expand(grid: Grid, out_dir: Path) -> list[Cell]:
     variants = [Variant(dict(zip(grid.grid, (label for label, _ in combo), strict=True)),
                         [o for _, bundle in combo for o in bundle])
                 for combo in itertools.product(*axes)]
-    return expand_cells(grid.path, grid.base, grid.overrides, variants, grid.seeds, out_dir, group=grid.name,
-                        job_type="ablation", ceilings=grid.ceilings)
+    return tag_cells(expand_cells(grid.path, grid.base, grid.overrides, variants, grid.seeds, out_dir,
+                                  group=grid.name, job_type="ablation", ceilings=grid.ceilings), grid.name)
 
 
 def grid_dict(grid: Grid, metric: str) -> dict[str, Any]:
@@ -321,7 +337,23 @@ def write_reports(grid: Grid, cells: list[Cell], state: dict[str, dict[str, Any]
     write_atomic(out_dir / "summary.md", summary)
     plot = reports.grid_plot(grid, table, metric, out_dir / "summary.png")
     if summary_run:
-        reports.log_summary_run(out_dir, grid_dict(grid, metric), cfg, group=grid.name,
+        summary_cfg = summary_config(cells[0], grid.name)
+        reports.log_summary_run(out_dir, grid_dict(grid, metric), summary_cfg, group=grid.name,
                                 job_type="ablation-summary",
                                 tables={"summary": table}, images={"summary_plot": plot})
+        with summary_charts(out_dir, summary_cfg, grid.name, "ablation-summary") as tracker:
+            log_charts(tracker, grid, table, metric)
     return rows, summary
+
+
+def log_charts(tracker: Tracker, grid: Grid, table: list[dict[str, Any]], metric: str) -> None:
+    """The grid summary as native W&B bar charts, ``grid/val/<metric>`` and ``grid/test/<metric>``.
+
+    One bar per cell-without-seed (its values joined by `` / ``): the mean over seeds, with the
+    sample std and the number of seeds in the chart's table.
+    """
+    for split in ("val", "test"):
+        col = f"{split}/{metric}"
+        rows = [[" / ".join(str(g[k]) for k in grid.grid), g[col], g[col + " std"], g["n"]] for g in table if g["n"]]
+        tracker.log_bar(f"grid/{col}", ["cell", metric, "std", "n"], rows, "cell", metric,
+                        title=f"{grid.name}: {split} {metric}, mean over seeds")

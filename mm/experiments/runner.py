@@ -16,11 +16,17 @@ Peak memory is ``torch.cuda.max_memory_allocated`` of the cell when it trains in
 otherwise the peak resident set size (``getrusage``'s ``ru_maxrss``): of the cell's own process
 in a subprocess, or of the runner process so far (earlier cells included) in-process. The
 ``peak_memory_kind`` entry of the cell's state says which.
+
+In W&B every cell of a spec is in the spec's group (``mm.experiments.spec.runner_overrides``) and
+is tagged by ``tag_cells``: the spec's name and ``key=value`` of each value that names the cell,
+so the runs table filters by them; the overrides themselves are config keys of the run. W&B
+tags label a run and change nothing it computes: a cell done with other tags stays done.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -33,16 +39,20 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mm.config import ConfigError, load_config, to_yaml
-from mm.experiments.spec import ROOT, Cell
+from mm.config import Config, ConfigError, load_config, to_yaml
+from mm.experiments.spec import ROOT, Cell, label_value
 from mm.runtime import pick_device
+
+if TYPE_CHECKING:
+    from mm.tracking import Tracker
 
 Describe = Callable[[Cell, Path, float], str]  # (cell, run_dir, seconds) -> the text of its "done" line
 _LIVE: set[subprocess.Popen] = set()  # subprocess cells, terminated on an interrupt
 STATE = "state.json"
 SHARDS = "shards"  # shards/<i>-of-<n>/: a shard's own state file (and partial reports)
+MAX_TAG = 64  # W&B refuses longer tags
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -72,14 +82,58 @@ def read_states(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def is_done(entry: dict[str, Any], cell: Cell) -> bool:
-    """Whether a state entry is done, with its results.json, and trained with the config the cell has now."""
+    """Whether a state entry is done, with its results.json, and trained with the config the cell has now.
+
+    W&B tags aside: they label the run and change nothing it computes.
+    """
     run_dir = Path(entry["run_dir"] or "")
     if entry["status"] != "done" or not (run_dir / "results.json").is_file():
         return False
     try:
-        return load_config(run_dir / "config.yaml") == cell.cfg
+        return _untagged(load_config(run_dir / "config.yaml")) == _untagged(cell.cfg)
     except ConfigError:
         return False
+
+
+def _untagged(cfg: Config) -> Config:
+    cfg = copy.deepcopy(cfg)
+    cfg.wandb.tags = []
+    return cfg
+
+
+def cell_tags(spec_name: str, values: dict[str, Any]) -> list[str]:
+    """The W&B tags of a cell besides the config's own: the spec's name, ``key=value`` per value that
+    names the cell (``strategy=frozen``, ``point=linear_probe``, ``fraction=0.1``); one longer than
+    W&B's 64 characters keeps a prefix and a hash."""
+    tags = [spec_name, *(f"{key}={label_value(value)}" for key, value in values.items())]
+    return [t if len(t) <= MAX_TAG else f"{t[:MAX_TAG - 9]}~{hashlib.sha1(t.encode()).hexdigest()[:8]}" for t in tags]
+
+
+def tag_cells(cells: list[Cell], spec_name: str) -> list[Cell]:
+    """Appends ``cell_tags`` to each cell's ``wandb.tags``; returns the cells."""
+    for cell in cells:
+        cell.cfg.wandb.tags = [*cell.cfg.wandb.tags, *cell_tags(spec_name, cell.values)]
+    return cells
+
+
+def summary_config(cell: Cell, spec_name: str) -> Config:
+    """A copy of a tagged cell's config for the spec's W&B summary run: the spec's tags, not the cell's."""
+    cfg = copy.deepcopy(cell.cfg)
+    own = len(cell_tags(spec_name, cell.values))  # appended last by tag_cells
+    cfg.wandb.tags = [*cfg.wandb.tags[:len(cfg.wandb.tags) - own], spec_name]
+    return cfg
+
+
+def summary_charts(out_dir: Path, cfg: Config, group: str, job_type: str) -> Tracker:
+    """The spec's W&B summary run (``reports.log_summary_run``, in ``out_dir/summary``), continued to log charts.
+
+    A second segment of the same W&B run (its id is in ``out_dir/summary/wandb_id.txt``), as a
+    resumed run's: offline, a second ``offline-run-*`` folder with the same id.
+    """
+    from mm.tracking import Tracker
+
+    return Tracker(out_dir / "summary", {}, mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                   group=group, name=f"{group}-summary", tags=cfg.wandb.tags, job_type=job_type, resume_step=0)
 
 
 class State:
