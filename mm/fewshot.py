@@ -28,8 +28,9 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ import numpy as np
 import torch
 
 from mm import stats
-from mm.config import DataConfig
+from mm.config import Config, ConfigError, DataConfig
 from mm.heads import ClassificationHead
-from mm.shallow import Features, logistic_pipeline
+from mm.shallow import Features, extract_splits, logistic_pipeline
 
 LOGISTIC_C = 1.0
 EPISODE_SPLITS = ("train", "val", "test")
@@ -212,6 +213,112 @@ def write_episode(folder: Path, root: Path, rows: dict[str, list[dict]], index: 
     return folder
 
 
+def episode_overrides(out_dir: Path, data: DataConfig, k: int, seed: int) -> list[str]:
+    """What points a trained run of a shots curve at its episode folder (``episode_folder``)."""
+    label_key = f"labels.{data.task}" if data.dataset == "synthetic" else data.label_key
+    return [f"data.dataset={episode_folder(out_dir, data, k, seed)}", f"data.label_key={label_key}",
+            "data.allow_outside_paths=true"]
+
+
+def training_labels(data: DataConfig) -> tuple[Path, dict[str, list[dict]], np.ndarray]:
+    """The dataset folder of a classification data config, its rows per split and the class index of
+    every training row (in ``training_classes`` order, as the head encodes them)."""
+    from mm.data import resolve_dataset, training_classes
+    from mm.data.manifest import read_split
+    from mm.labels import build_codec, label_at
+
+    root, label_key = resolve_dataset(data)  # generates the synthetic benchmark once
+    codec = build_codec("classification", training_classes(data, "classification"))
+    rows = {s: read_split(root, s) for s in EPISODE_SPLITS}
+    return root, rows, np.array([codec.index[label_at(r, label_key)] for r in rows["train"]])
+
+
+def write_episodes(out_dir: Path, data: DataConfig, ks: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+    """Write every (k, seed) episode folder of a shots curve; returns the training labels they index."""
+    root, rows, labels = training_labels(data)
+    for seed in seeds:
+        for k in ks:
+            write_episode(episode_folder(out_dir, data, k, seed), root, rows, episode(labels, k, seed))
+    return labels
+
+
+# ---- The frozen-feature methods of a shots curve ----
+
+
+@dataclass
+class FrozenMethod:
+    """A frozen-feature classifier of a shots curve: its name, classifier (``CLASSIFIERS``) and the
+    overrides of the config whose frozen features it reads (e.g. a transferred encoder's source)."""
+
+    name: str
+    classifier: str
+    overrides: list[str] = field(default_factory=list)
+
+
+def parse_frozen(raw: Any, path: Path) -> list[FrozenMethod]:
+    """A shots curve's ``frozen`` entry: a list of classifier names or ``{name, classifier, overrides}``;
+    absent: every classifier on the curve's own features, ``[]``: none.
+
+    Raises:
+        ConfigError: a malformed entry or an unknown classifier (the message names the file).
+    """
+    if raw is None:
+        return [FrozenMethod(c, c) for c in CLASSIFIERS]
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: 'frozen' must be a list of classifiers ({sorted(CLASSIFIERS)}) or "
+                          "{name, classifier, overrides} entries")
+    methods = []
+    for entry in raw:
+        entry = {"name": entry, "classifier": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or set(entry) - {"name", "classifier", "overrides"} or not entry.get("name"):
+            raise ConfigError(f"{path}: each of 'frozen' is a classifier name or {{name, classifier, overrides}}, "
+                              f"not {entry!r}")
+        classifier = entry.get("classifier", entry["name"])
+        if classifier not in CLASSIFIERS:
+            raise ConfigError(f"{path}: unknown few-shot classifier {classifier!r}; valid: {sorted(CLASSIFIERS)}")
+        methods.append(FrozenMethod(str(entry["name"]), classifier, [str(o) for o in entry.get("overrides") or []]))
+    return methods
+
+
+def curve_row(name: str, kind: str, k: int, seed: int | None, n_train: int, params: int, metrics: dict[str, dict],
+         metric: str, wall_time_s: float) -> dict[str, Any]:
+    """One results.csv row of a shots curve, with the columns of a trained run's row (``mm.experiments.curves.run_row``)."""
+    error = {s: 1 - metrics[s][metric] if s in metrics else math.nan for s in ("train", "val", "test")}
+    return {"run": name if seed is None else f"method={name}__k={k}__seed={seed}", "method": name, "fraction": 1.0,
+            "k": k, "seed": seed, "kind": kind, "n_train": n_train, "params_trainable": params,
+            "params_total": params, "train_error": error["train"], "val_error": error["val"],
+            "test_error": error["test"], "best_step": None, "steps": 0, "wall_time_s": wall_time_s}
+
+
+def frozen_rows(cfg: Config, methods: Sequence[FrozenMethod], ks: Sequence[int], seeds: Sequence[int], metric: str,
+                labels: np.ndarray, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Fit each of ``methods`` (which share ``cfg``'s features) on every (k, seed) episode of
+    ``cfg``'s frozen features, extracted once.
+
+    Each row's wall time is the extraction plus that episode's fit: what the episode alone would cost.
+
+    Raises:
+        RuntimeError: the features' training labels are not ``labels`` (rows skipped as unreadable).
+    """
+    t0 = time.perf_counter()
+    features, classes = extract_splits(cfg)
+    extract_s = time.perf_counter() - t0
+    if not np.array_equal(features["train"].y, labels):
+        raise RuntimeError("the training features are not the rows the episodes index "
+                           "(data.on_error=skip left samples out?)")
+    log(f"[shots] {', '.join(m.name for m in methods)}: {features['train'].x.shape[1]}-d features of "
+        f"{len(labels)} training samples in {extract_s:.1f}s")
+    rows = []
+    for method in methods:
+        for seed in seeds:
+            for k in ks:
+                t1, index = time.perf_counter(), episode(labels, k, seed)
+                out = fit_episode(method.classifier, features, index, len(classes), cfg.head.top_k)
+                rows.append(curve_row(method.name, "frozen", k, seed, len(index), out["params"], out, metric,
+                                      extract_s + time.perf_counter() - t1))
+    return rows
+
+
 # ---- The shots curve's table and plot ----
 
 
@@ -269,37 +376,45 @@ def shots_markdown(name: str, table: list[dict[str, Any]], metric: str, episodes
     return "\n".join(lines) + "\n" + note + "\n"
 
 
-def shots_plot(name: str, table: list[dict[str, Any]], metric: str, path: Path, title: str | None = None) -> Path:
-    """Test ``metric`` against k (log axis), one line per method with its 95 % band; trained
-    strategies solid, frozen-feature classifiers dashed, zero-shot a dotted horizontal line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    col = f"test_{metric}"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    ks = sorted({g["k"] for g in table if g["k"] > 0})
-    for i, method in enumerate(dict.fromkeys(g["method"] for g in table)):
+def draw_shots(ax: Any, table: list[dict[str, Any]], metric: str, suffix: str = "", style: str | None = None,
+               colors: dict[str, str] | None = None) -> None:
+    """Draw a shots summary on ``ax``: test ``metric`` against k (log axis), one line per method with
+    its 95 % band; trained strategies solid, frozen-feature classifiers dashed (or all ``style``),
+    zero-shot a dotted horizontal line. ``suffix`` is appended to each label; ``colors`` maps a
+    method to its colour (new methods are added to it), so panels and overlays agree."""
+    col, colors = f"test_{metric}", {} if colors is None else colors
+    for method in dict.fromkeys(g["method"] for g in table):
         gs = sorted((g for g in table if g["method"] == method), key=lambda g: g["k"])
-        color = f"C{i % 10}"
+        color = colors.setdefault(method, f"C{len(colors) % 10}")
         if gs[0]["kind"] == "zero-shot":
-            ax.axhline(gs[0][col], color=color, linestyle=":", label=f"{method} (k=0)")
+            ax.axhline(gs[0][col], color=color, linestyle=":", label=f"{method}{suffix} (k=0)")
             continue
         xs, ys = [g["k"] for g in gs], [g[col] for g in gs]
-        style = "-" if gs[0]["kind"] == "trained" else "--"
-        ax.plot(xs, ys, linestyle=style, marker="o", color=color, label=method)
+        ax.plot(xs, ys, linestyle=style or ("-" if gs[0]["kind"] == "trained" else "--"), marker="o",
+                color=color, label=f"{method}{suffix}")
         low = [g[col + "_low"] for g in gs]
         if not any(math.isnan(v) for v in low):
             ax.fill_between(xs, low, [g[col + "_high"] for g in gs], color=color, alpha=0.12)
+    ks = sorted({g["k"] for g in table if g["k"] > 0})
     ax.set_xscale("log")
     if ks:
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
     ax.set_xlabel("labelled examples per class (k)")
     ax.set_ylabel(f"test {metric}")
-    ax.set_title(title or f"{name}: mean and 95 % interval over episodes")
     ax.grid(alpha=0.3, which="both")
+
+
+def shots_plot(name: str, table: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    """``draw_shots`` of one curve, written to ``path`` (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    draw_shots(ax, table, metric)
+    ax.set_title(f"{name}: mean and 95 % interval over episodes")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -22,9 +22,10 @@ vectors from unrelated spaces; with a hub checkpoint of a joint model, its tower
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mm.config import Config, to_dict, to_yaml
+from mm.config import Config, ConfigError, to_dict, to_yaml
+from mm.fewshot import curve_row
 from mm.prepare import prepare
 from mm.runtime import pick_device
 from mm.shallow import Features, build_frozen_model, extract_features
@@ -186,3 +188,45 @@ def run(cfg: Config, run_dir: Path, templates: Sequence[str] = TEMPLATES,
     t0 = time.perf_counter()
     result = zero_shot(cfg, templates, names)
     return write_run(cfg, result, run_dir, time.perf_counter() - t0)
+
+
+# ---- The k = 0 point of a shots curve (mm.experiments.curves) ----
+
+
+@dataclass
+class ZeroShotMethod:
+    """A shots curve's k = 0 point: text zero-shot (``mm.zero_shot``) with these templates and class words."""
+
+    name: str = "zero_shot"
+    templates: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+
+def parse_zero_shot(raw: Any, path: Path) -> ZeroShotMethod | None:
+    """A shots curve's ``zero_shot`` entry: absent or false (none), true (the default templates) or
+    ``{name, templates, names, overrides}``.
+
+    Raises:
+        ConfigError: a malformed entry or bad templates (the message names the file).
+    """
+    if raw is None or raw is False:
+        return None
+    raw = {} if raw is True else raw
+    if not isinstance(raw, dict) or set(raw) - {"name", "templates", "names", "overrides"}:
+        raise ConfigError(f"{path}: 'zero_shot' is true or {{name, templates, names, overrides}}, not {raw!r}")
+    try:
+        templates = check_templates(raw.get("templates") or TEMPLATES)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    names = {str(k): str(v) for k, v in (raw.get("names") or {}).items()}
+    return ZeroShotMethod(str(raw.get("name") or "zero_shot"), templates, names, [str(o) for o in raw.get("overrides") or []])
+
+
+def zero_shot_row(cfg: Config, method: ZeroShotMethod, metric: str, run_dir: Path) -> dict[str, Any]:
+    """The k = 0 row: ``mm.zero_shot`` on val and test, also written as a run folder (``run_dir``)."""
+    t0 = time.perf_counter()
+    result = zero_shot(cfg, method.templates, method.names)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    res = write_run(cfg, result, run_dir, time.perf_counter() - t0)
+    return curve_row(method.name, "zero-shot", 0, None, 0, 0, res, metric, res["wall_time_s"])

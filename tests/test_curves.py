@@ -170,7 +170,7 @@ def test_rerun_skips_finished_runs_and_reruns_an_interrupted_one(capacity, monke
 def test_curve_file_errors_name_the_file_and_key(tmp_path):
     cases = [
         ({**CAPACITY, "pointz": []}, r"bad\.yaml: unknown top-level key 'pointz'"),
-        ({**CAPACITY, "kind": "size"}, r"bad\.yaml: 'kind' must be one of \['capacity', 'data'\]"),
+        ({**CAPACITY, "kind": "size"}, r"bad\.yaml: 'kind' must be one of \['capacity', 'data', 'shots'\]"),
         ({**DATA, "policies": DATA["policies"][:1]}, r"bad\.yaml: 'policies' must be a list of at least 2"),
         ({**DATA, "fractions": [0.0, 1.0]}, r"bad\.yaml: 'fractions' must be a non-empty list of numbers in \(0, 1\]"),
         ({**DATA, "overrides": [*TINY, "data.train_fraction=0.5"]}, r"'data\.train_fraction' is set by the curve"),

@@ -130,3 +130,100 @@ def test_summary_and_markdown_of_rows():
     assert lines[4] == "| zero_shot | zero-shot | 0.500 |  |  | 10 | 1.0 |"
     assert lines[5].startswith("| prototype | frozen |  | 0.700 [") and "| 0.900 [0.900, 0.900] |" in lines[5]
     assert "0 at k=0, 3 at k=1, 15 at k=5" in md
+
+
+# ---- The shots curve on a tiny synthetic setting ----
+
+TINY = ["data.task=shape", "data.modalities=[text]", "encoders.text.source=tiny-bert", "data.synthetic.n_train=30",
+        "data.synthetic.n_val=12", "data.synthetic.n_test=12", "train.batch_size=4", "train.max_steps=2",
+        "train.eval_every=2", "wandb.mode=disabled", "train.plots=false"]
+SHOTS = {"kind": "shots", "overrides": TINY, "shots": [1, 2], "seeds": [0, 1], "zero_shot": True, "methods": [
+    {"name": "linear_probe", "overrides": ["encoders.text.trainable=linear_probe"]},
+    {"name": "prompt", "overrides": ["encoders.text.trainable=prompt", "encoders.text.prompt_tokens=2",
+                                     "fusion.num_layers=0", "optim.backbone_lr=0.1"]},
+]}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    from mm.experiments import curves
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("shots")
+    path = root / "shots.yaml"
+    path.write_text("# python scripts/learning_curve.py shots.yaml\n" + yaml.safe_dump(SHOTS, sort_keys=False))
+    curve, lines = curves.load_curve(path), []
+    result = curves.run_curve(curve, curves.expand(curve, root / "out"), root / "out", log=lines.append)
+    return curve, root / "out", result
+
+
+def test_shots_curve_writes_its_rows_table_and_plot(shots):
+    curve, out, result = shots
+    assert not result["failed"] and len(result["trained"]) == len(result["rows"]) == 2 * 2 * 2  # methods x k x episodes
+    assert len(result["frozen_rows"]) == 1 + 2 * 2 * 2  # zero-shot; prototype and logistic x k x episodes
+    rows = read_csv(out / "results.csv")
+    assert [(r["method"], r["kind"]) for r in rows[:2]] == [("zero_shot", "zero-shot"), ("prototype", "frozen")]
+    assert len(rows) == 1 + 2 * 2 * 2 + 2 * 2 * 2  # zero-shot, 2 frozen and 2 trained methods x 2 k x 2 episodes
+    for r in rows[1:]:
+        assert int(r["n_train"]) == 3 * int(r["k"])  # three shapes, k of each
+    prompt = [r for r in rows if r["method"] == "prompt"]
+    # prompt 2 x 32 + the fusion's layer norm 2 x 32 + head 32 x 3 + 3 + the missing-text embedding 32
+    assert {int(r["params_trainable"]) for r in prompt} == {64 + 64 + 99 + 32}
+    md = (out / "summary.md").read_text().splitlines()
+    assert md[2] == "| method | kind | k=0 | k=1 | k=2 | trainable params | wall s |"
+    assert [line.split(" | ")[0] for line in md[4:9]] == ["| zero_shot", "| prototype", "| logistic",
+                                                          "| linear_probe", "| prompt"]
+    assert (out / "curve.png").is_file() and (out / "runs" / "zero_shot" / "report" / "test_report.json").is_file()
+    summary = read_csv(out / "summary.csv")
+    assert {(s["method"], s["k"], s["n"]) for s in summary if s["method"] == "logistic"} == {
+        ("logistic", "1", "2"), ("logistic", "2", "2")}
+
+
+def test_shots_episodes_are_nested_folders_the_trained_runs_read(shots):
+    from mm.evaluation import load_run
+
+    curve, out, _ = shots
+    for seed in (0, 1):
+        one, two = (set((f / "train.jsonl").read_text().splitlines())
+                    for f in sorted(out.glob(f"episodes/*/k=*/episode={seed}")))
+        assert len(one) == 3 and len(two) == 6 and one < two
+    run = out / "runs" / "method=prompt__k=2__seed=1"
+    assert json.loads((run / "train_eval.json").read_text())["n"] == 6
+    cfg, model, _ = load_run(run)
+    assert cfg.data.dataset.endswith("k=2/episode=1") and cfg.data.allow_outside_paths
+    # Only the prompt (and the head) trained: the backbone is the source's, bit for bit.
+    from mm.encoders import build_encoder
+
+    source = build_encoder("text", source="tiny-bert").backbone.state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in model.encoders["text"].backbone.state_dict().items())
+    assert model.encoders["text"].prompt.vectors.shape == (2, 32)
+
+
+def test_shots_curve_file_errors(tmp_path):
+    from mm.config import ConfigError
+    from mm.experiments import curves
+
+    def load(spec):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return curves.load_curve(path)
+
+    with pytest.raises(ConfigError, match="unknown few-shot classifier 'knn'"):
+        load({**SHOTS, "frozen": ["knn"]})
+    with pytest.raises(ConfigError, match="'shots' must be a non-empty list of integers >= 1"):
+        load({**SHOTS, "shots": [0, 1]})
+    with pytest.raises(ConfigError, match="'data.train_fraction' is set by the curve runner"):
+        load({**SHOTS, "overrides": [*TINY, "data.train_fraction=0.5"]})
+    with pytest.raises(ConfigError, match="names of methods, frozen classifiers and zero_shot repeat"):
+        load({**SHOTS, "frozen": [{"name": "prompt", "classifier": "prototype"}]})
+    with pytest.raises(ConfigError, match="exactly one"):
+        load({**SHOTS, "zero_shot": {"templates": ["no slot"]}})
+    with pytest.raises(ConfigError, match="'methods' must be a list of at least 1"):
+        load({**SHOTS, "methods": []})
+    with pytest.raises(ConfigError, match="a shots curve has no 'fractions'"):
+        load({**SHOTS, "fractions": [1.0]})

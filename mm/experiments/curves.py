@@ -14,7 +14,16 @@ A curve file is YAML; its first line is the command that runs it::
     name: capacity               # optional, default: the file's stem; the W&B group
 
 A ``data`` curve has ``fractions: [0.01, 0.1, 1.0]`` (``data.train_fraction``) and ``policies:``
-(two or more named override sets, drawn side by side) instead of ``points``. A point's or
+(two or more named override sets, drawn side by side) instead of ``points``. A ``shots`` curve
+(the low-data end, ``mm.fewshot``) has ``shots: [1, 5, 20]`` (labelled examples per class) and
+``methods:`` (named override sets trained by the loop, one or more), and optionally ``frozen:``
+(classifiers on frozen features: ``[prototype, logistic]`` by default, or ``{name, classifier,
+overrides}`` entries, e.g. a transferred encoder's features) and ``zero_shot:`` (``true`` or
+``{templates, names}``: the text k = 0 point, ``mm.zero_shot``); its seeds are the episodes. Each
+(k, seed) episode is a dataset folder under ``episodes/`` whose training split is the nested k-shot
+set of that seed; trained runs train on it, the frozen classifiers fit on its rows of features
+extracted once. Its summary is the test metric's mean and 95 % interval over episodes per method
+and k (``mm.fewshot.summarize``). A point's or
 policy's overrides come after the curve's (and the command line's) overrides. The kinds are
 ``mm.experiments.spec.KINDS``: a new kind that sweeps another config value for each policy is one
 entry there.
@@ -35,6 +44,7 @@ it has now.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -42,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mm.config import Config, ConfigError
+from mm import fewshot, zero_shot
+from mm.config import Config, ConfigError, load_config
 from mm.experiments import reports
 from mm.experiments.reports import ERRORS
 from mm.experiments.runner import run_cells, summary_charts, summary_config, tag_cells, write_atomic
@@ -74,7 +85,7 @@ def load_curve(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
     Raises:
         ConfigError: unknown key or kind, a malformed point list, swept value or seed list.
     """
-    kind_keys = {name: {k.sets, *([k.sweep.key] if k.sweep else [])} for name, k in KINDS.items()}
+    kind_keys = {name: {k.sets, *([k.sweep.key] if k.sweep else []), *k.extras} for name, k in KINDS.items()}
     path, raw = read_spec(path, "curve", SPEC_KEYS.union(*kind_keys.values()))
     kind = raw.get("kind")
     if kind not in KINDS:
@@ -96,9 +107,13 @@ def load_curve(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
     for key in override_keys([*overrides, *(o for p in points for o in p.overrides)]):
         if key in reserved:
             raise ConfigError(f"{path}: '{key}' is set by the curve runner for each run")
-    return Curve(path=path, name=str(raw.get("name") or path.stem), kind=kind,
-                 base=resolve_base(raw.get("base"), path, "curve"), overrides=overrides, points=points,
-                 values=values, seeds=seeds, metric=str(raw.get("metric") or "accuracy"))
+    curve = Curve(path=path, name=str(raw.get("name") or path.stem), kind=kind,
+                  base=resolve_base(raw.get("base"), path, "curve"), overrides=overrides, points=points,
+                  values=values, seeds=seeds, metric=str(raw.get("metric") or "accuracy"),
+                  extras={key: raw[key] for key in spec.extras if key in raw})
+    if kind == "shots":
+        shots_methods(curve)  # checks the frozen and zero-shot entries
+    return curve
 
 
 def _points(raw: Any, path: Path, key: str, minimum: int) -> list[Point]:
@@ -123,6 +138,8 @@ def expand(curve: Curve, out_dir: Path) -> list[Cell]:
         ConfigError: a run's config is invalid; the message names the curve file and the run.
     """
     kind = KINDS[curve.kind]
+    if curve.kind == "shots":
+        return tag_cells(shots_cells(curve, out_dir), curve.name)
     variants = []
     for point in curve.points:
         if kind.sweep is None:
@@ -142,7 +159,7 @@ def curve_dict(curve: Curve) -> dict[str, Any]:
                             "overrides": curve.overrides, kind.sets: [asdict(p) for p in curve.points]}
     if kind.sweep is not None:
         spec[kind.sweep.key] = curve.values
-    return {**spec, "seeds": curve.seeds, "metric": curve.metric}
+    return {**spec, **curve.extras, "seeds": curve.seeds, "metric": curve.metric}
 
 
 def train_eval(run_dir: Path) -> dict[str, float]:
@@ -174,7 +191,8 @@ def run_curve(curve: Curve, cells: list[Cell], out_dir: Path, log: Callable[[str
     leaves the run ``running``, to be rerun from a clean folder next time.
 
     Returns:
-        ``{"rows", "summary", "markdown", "trained", "failed"}``.
+        ``{"rows", "frozen_rows", "summary", "markdown", "trained", "failed"}``: ``rows`` of the runs
+        trained, ``frozen_rows`` of a shots curve's zero-shot and frozen-feature methods.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     header = f"# python scripts/learning_curve.py {out_dir / 'curve.yaml'} --out {out_dir}\n"
@@ -185,12 +203,15 @@ def run_curve(curve: Curve, cells: list[Cell], out_dir: Path, log: Callable[[str
         return (f"params={row['params_trainable']:,}  " + "  ".join(f"{k}={row[k]:.4f}" for k in ERRORS)
                 + f"  ({row['wall_time_s']:.1f}s)")
 
+    # A shots curve: its episode folders first, then its zero-shot and frozen-feature rows (no training).
+    frozen = shots_rows(curve, shots_methods(curve), out_dir, log) if curve.kind == "shots" else []
     state, trained = run_cells(cells, out_dir, label="curve", describe=describe,
                                measure=lambda cell, run_dir: train_eval(run_dir), announce=False, log=log)
     rows = [run_row(c, Path(state.cells[c.name]["run_dir"]), curve) for c in cells
             if state.cells[c.name]["status"] == "done"]
-    summary, markdown = write_reports(curve, rows, out_dir, summary_config(cells[0], curve.name))
-    return {"rows": rows, "summary": summary, "markdown": markdown, "trained": trained, "failed": state.failed}
+    summary, markdown = write_reports(curve, frozen + rows, out_dir, summary_config(cells[0], curve.name))
+    return {"rows": rows, "frozen_rows": frozen, "summary": summary, "markdown": markdown, "trained": trained,
+            "failed": state.failed}
 
 
 def run_row(cell: Cell, run_dir: Path, curve: Curve) -> dict[str, Any]:
@@ -205,7 +226,8 @@ def run_row(cell: Cell, run_dir: Path, curve: Curve) -> dict[str, Any]:
     if curve.metric not in res["val"]:
         raise KeyError(f"metric {curve.metric!r} is not in the results; have {sorted(res['val'])}")
     named = {k: cell.values[k] for k in kind.keys if k != "fraction"}
-    return {"run": cell.name, **named, "fraction": cell.cfg.data.train_fraction, "seed": cell.seed,
+    shots = {"kind": "trained"} if curve.kind == "shots" else {}
+    return {"run": cell.name, **named, "fraction": cell.cfg.data.train_fraction, "seed": cell.seed, **shots,
             "n_train": train["n"], "params_trainable": res["params"]["params/trainable"],
             "params_total": res["params"]["params/total"], "train_error": 1 - train[curve.metric],
             "val_error": 1 - res["val"][curve.metric], "test_error": 1 - res["test"][curve.metric],
@@ -218,11 +240,16 @@ def write_reports(curve: Curve, rows: list[dict[str, Any]], out_dir: Path,
     reports.write_csv(out_dir / "results.csv", rows)
     if not rows:
         return [], ""
-    table = reports.curve_summary(curve, rows)
+    if curve.kind == "shots":
+        table = fewshot.summarize(rows, curve.metric)
+        markdown = fewshot.shots_markdown(curve.name, table, curve.metric, curve.seeds)
+        plot = fewshot.shots_plot(curve.name, table, curve.metric, out_dir / "curve.png")
+    else:
+        table = reports.curve_summary(curve, rows)
+        markdown = reports.curve_markdown(curve, table)
+        plot = reports.curve_plot(curve, table, out_dir / "curve.png")
     reports.write_csv(out_dir / "summary.csv", table)
-    markdown = reports.curve_markdown(curve, table)
     write_atomic(out_dir / "summary.md", markdown)
-    plot = reports.curve_plot(curve, table, out_dir / "curve.png")
     reports.log_summary_run(out_dir, curve_dict(curve), cfg, group=curve.name, job_type="learning-curve-summary",
                             tables={"runs": rows, "summary": table}, images={"curve": plot})
     with summary_charts(out_dir, cfg, curve.name, "learning-curve-summary") as tracker:
@@ -242,7 +269,60 @@ def log_charts(tracker: Tracker, curve: Curve, table: list[dict[str, Any]]) -> N
     rows = []
     for g in table:
         for split in ("train", "val"):
+            if math.isnan(g[f"{split}_error"]):  # a shots curve's zero-shot has no training examples
+                continue
             series = f"{g[kind.column]} {split}" if kind.sweep else split
             rows.append([g[x], g[f"{split}_error"], g[f"{split}_error_std"], series, g[kind.column]])
     tracker.log_line("curve/error", [x, "error", "std", "series", kind.column], rows, x, "error", stroke="series",
                      title=f"{curve.name}: error = 1 - {curve.metric}, mean over seeds {curve.seeds}")
+
+
+# ---- Shots curves: the low-data end (mm.fewshot) ----
+
+
+def shots_methods(curve: Curve) -> tuple[list[fewshot.FrozenMethod], zero_shot.ZeroShotMethod | None]:
+    """A shots curve's frozen-feature classifiers and zero-shot entry; method names must not repeat.
+
+    Raises:
+        ConfigError: a malformed entry or a repeated name.
+    """
+    frozen = fewshot.parse_frozen(curve.extras.get("frozen"), curve.path)
+    zero = zero_shot.parse_zero_shot(curve.extras.get("zero_shot"), curve.path)
+    names = [p.name for p in curve.points] + [m.name for m in frozen] + ([zero.name] if zero else [])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{curve.path}: the names of methods, frozen classifiers and zero_shot repeat: {names}")
+    return frozen, zero
+
+
+def shots_cells(curve: Curve, out_dir: Path) -> list[Cell]:
+    """The trained runs of a shots curve, method by k by episode, each on its episode's dataset folder."""
+    data = load_config(curve.base, curve.overrides).data  # where the episodes are drawn from
+    cells = []
+    for seed in curve.seeds:
+        variants = [Variant({"method": point.name, "k": k},
+                            [*point.overrides, *fewshot.episode_overrides(out_dir, data, k, seed)])
+                    for point in curve.points for k in curve.values]
+        cells += expand_cells(curve.path, curve.base, curve.overrides, variants, [seed], out_dir,
+                              group=curve.name, job_type="learning-curve", what="run")
+    return cells
+
+
+def shots_rows(curve: Curve, methods: tuple[list[fewshot.FrozenMethod], zero_shot.ZeroShotMethod | None],
+               out_dir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Writes a shots curve's episode folders; returns the rows of its zero-shot and frozen-feature methods."""
+    frozen, zero = methods
+    group = [f"wandb.group={curve.name}", f"train.out_dir={out_dir / 'runs'}"]
+    data = load_config(curve.base, curve.overrides).data
+    labels = fewshot.write_episodes(out_dir, data, curve.values, curve.seeds)
+    rows = []
+    if zero is not None:
+        cfg = load_config(curve.base, [*curve.overrides, *zero.overrides, *group, f"name={zero.name}"])
+        rows.append(zero_shot.zero_shot_row(cfg, zero, curve.metric, out_dir / "runs" / zero.name))
+        log(f"[shots] {zero.name}: test {curve.metric} {1 - rows[-1]['test_error']:.4f}")
+    by_features: dict[tuple[str, ...], list[fewshot.FrozenMethod]] = {}  # methods on the same features
+    for method in frozen:
+        by_features.setdefault(tuple(method.overrides), []).append(method)
+    for overrides, methods in by_features.items():
+        cfg = load_config(curve.base, [*curve.overrides, *overrides, *group])
+        rows += fewshot.frozen_rows(cfg, methods, curve.values, curve.seeds, curve.metric, labels, log)
+    return rows

@@ -81,6 +81,7 @@ class CurveKind:
     column: str  # the column that names a set, e.g. "point"
     min_sets: int
     sweep: Sweep | None = None
+    extras: tuple[str, ...] = ()  # other top-level keys of the kind's curve files, kept in ``Curve.extras``
 
     @property
     def keys(self) -> list[str]:
@@ -95,6 +96,12 @@ KINDS = {
         "fractions", "data.train_fraction", "fraction", float,
         lambda f: isinstance(f, int | float) and 0 < f <= 1, "numbers in (0, 1]",
         "fraction of the training set (data.train_fraction), n = training examples")),
+    # k labelled examples per class: each run trains on an episode (mm.fewshot), the whole training split
+    # of its own dataset folder, so data.train_fraction is the runner's (1) and never a method's.
+    "shots": CurveKind("methods", "method", min_sets=1, sweep=Sweep(
+        "shots", "data.train_fraction", "k", int,
+        lambda k: isinstance(k, int) and not isinstance(k, bool) and k >= 1, "integers >= 1",
+        "labelled examples per class (k)"), extras=("frozen", "zero_shot")),
 }
 
 
@@ -111,6 +118,7 @@ class Curve:
     values: list[Any]  # the kind's swept values; empty when it sweeps nothing
     seeds: list[int]
     metric: str = "accuracy"
+    extras: dict[str, Any] = field(default_factory=dict)  # the kind's other keys, as the file has them
 
     @property
     def fractions(self) -> list[float]:
