@@ -85,7 +85,7 @@ def test_every_config_loads_and_builds(path, monkeypatch):
     [
         ("fusion.name", lambda: sorted(importlib.import_module("mm.fusion").FUSIONS)),
         ("head.name", lambda: sorted(importlib.import_module("mm.heads").HEADS)),
-        ("encoders.audio.trainable", lambda: list(importlib.import_module("mm.encoders.policies").POLICIES)),
+        ("encoders.text.trainable", lambda: list(importlib.import_module("mm.encoders.policies").POLICIES)),
         ("data.task", lambda: sorted(importlib.import_module("mm.data.synthetic").TASKS)),
         ("fusion.late_weights", lambda: list(importlib.import_module("mm.fusion.weighted").LATE_WEIGHTS)),
         ("wandb.mode", lambda: list(importlib.import_module("mm.tracking").MODES)),
