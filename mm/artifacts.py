@@ -21,17 +21,13 @@ with a message that says which.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from mm.checkpoint import WEIGHTS
 
 SCHEMES = ("wandb-artifact://", "artifact:")
-STAGING = "artifacts"  # run_dir/artifacts/<step folder>/: what log_model logs, in place
-RUN_FILES = ("config.yaml", "classes.json", "metrics.jsonl", "wandb_id.txt")
-WEIGHTS = "model.safetensors"
 CACHE_ENV = "MM_ARTIFACT_CACHE"  # where downloads go; default ~/.cache/mm/artifacts
 
 
@@ -148,37 +144,3 @@ def link_aliases(root: Path) -> None:
         link = root / "checkpoints" / alias
         if not link.is_symlink():
             link.symlink_to(steps[0].name)
-
-
-def stage_checkpoint(run_dir: Path, checkpoint: Path) -> tuple[Path, dict[str, Any]]:
-    """Lays out one checkpoint of a run as a model artifact, in ``run_dir/artifacts/<step folder>/``.
-
-    The weights are a hard link to the checkpoint's file (a copy across file systems): checkpoints
-    are written once and never changed, and the link keeps the bytes when the step folder is
-    pruned later. The run's small files are copied as they are now.
-
-    Args:
-        run_dir: The run folder.
-        checkpoint: One of its ``checkpoints/step-*`` folders (``best`` or ``last``, resolved).
-
-    Returns:
-        The staged folder and the artifact's metadata: the run's name, the step and the folder.
-    """
-    from mm.checkpoint import MANIFEST
-
-    manifest = json.loads((checkpoint / MANIFEST).read_text())
-    stage = run_dir / STAGING / checkpoint.name
-    shutil.rmtree(stage, ignore_errors=True)
-    target = stage / "checkpoints" / checkpoint.name
-    target.mkdir(parents=True)
-    try:
-        os.link(checkpoint / WEIGHTS, target / WEIGHTS)
-    except OSError:
-        shutil.copy2(checkpoint / WEIGHTS, target / WEIGHTS)
-    # The manifest of what the artifact holds: verify_checkpoint checks every file it lists.
-    kept = {"step": manifest["step"], "files": {WEIGHTS: manifest["files"][WEIGHTS]}}
-    (target / MANIFEST).write_text(json.dumps(kept, indent=1))
-    for name in RUN_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, stage / name)
-    return stage, {"run": run_dir.name, "step": manifest["step"], "checkpoint": checkpoint.name}

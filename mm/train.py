@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from safetensors.torch import load_file
 
 from mm import distributed
@@ -33,10 +32,17 @@ from mm.model import MultimodalModel, parameter_counts
 from mm.optim import NonFiniteGuard, build_optimizer, build_scheduler
 from mm.preemption import Preempted, StopSignals
 from mm.prepare import prepare
-from mm.resume import apply_learning_rates, check_resume, config_hash
 from mm.reports import write_test_reports
-from mm.runtime import (autocast, epoch_batches, pick_device, seed_everything, sort_lengths, to_device,
-                        train_subset)
+from mm.resume import apply_learning_rates, check_resume, config_hash
+from mm.runtime import (
+    autocast,
+    epoch_batches,
+    pick_device,
+    seed_everything,
+    sort_lengths,
+    to_device,
+    train_subset,
+)
 from mm.tracking import Tracker
 
 
@@ -45,8 +51,9 @@ def default_run_name(cfg: Config) -> str:
     return f"{data}-{'+'.join(sorted(cfg.data.modalities))}-{cfg.fusion.name}-s{cfg.seed}"
 
 
-def run_folder(cfg: Config, d: Dist = Dist()) -> Path:
+def run_folder(cfg: Config, d: Dist | None = None) -> Path:
     """``out_dir/name``, created; a new run never overwrites an old one (``-2``, ``-3``... are appended)."""
+    d = d or Dist()
     base = Path(cfg.train.out_dir) / (cfg.name or default_run_name(cfg))
     if cfg.train.resume:
         if not (base / "checkpoints").is_dir():
