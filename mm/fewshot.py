@@ -377,11 +377,12 @@ def shots_markdown(name: str, table: list[dict[str, Any]], metric: str, episodes
 
 
 def draw_shots(ax: Any, table: list[dict[str, Any]], metric: str, suffix: str = "", style: str | None = None,
-               colors: dict[str, str] | None = None) -> None:
+               colors: dict[str, str] | None = None, bands: bool = True) -> None:
     """Draw a shots summary on ``ax``: test ``metric`` against k (log axis), one line per method with
-    its 95 % band; trained strategies solid, frozen-feature classifiers dashed (or all ``style``),
-    zero-shot a dotted horizontal line. ``suffix`` is appended to each label; ``colors`` maps a
-    method to its colour (new methods are added to it), so panels and overlays agree."""
+    its 95 % band (unless ``bands`` is false); trained strategies solid, frozen-feature classifiers
+    dashed (or all ``style``), zero-shot a dotted horizontal line. ``suffix`` is appended to each
+    label; ``colors`` maps a method to its colour (new methods are added to it), so panels and
+    overlays agree."""
     col, colors = f"test_{metric}", {} if colors is None else colors
     for method in dict.fromkeys(g["method"] for g in table):
         gs = sorted((g for g in table if g["method"] == method), key=lambda g: g["k"])
@@ -393,7 +394,7 @@ def draw_shots(ax: Any, table: list[dict[str, Any]], metric: str, suffix: str = 
         ax.plot(xs, ys, linestyle=style or ("-" if gs[0]["kind"] == "trained" else "--"), marker="o",
                 color=color, label=f"{method}{suffix}")
         low = [g[col + "_low"] for g in gs]
-        if not any(math.isnan(v) for v in low):
+        if bands and not any(math.isnan(v) for v in low):
             ax.fill_between(xs, low, [g[col + "_high"] for g in gs], color=color, alpha=0.12)
     ks = sorted({g["k"] for g in table if g["k"] > 0})
     ax.set_xscale("log")

@@ -2,7 +2,7 @@
 """Draw several shots curves side by side (docs/shots_curve.png), transferred encoders overlaid.
 
     python scripts/plot_shots.py --panel TITLE DIR [DIR:SUFFIX ...] [--panel ...] [--out PNG]
-        [--metric accuracy]
+        [--metric accuracy] [--bands]
 
 Each ``--panel`` is one subplot: the summary.csv of each curve output folder DIR (written by
 ``scripts/learning_curve.py`` for a ``kind: shots`` curve), the first folder's methods drawn as
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a subplot: its title, a curve folder, then DIR:SUFFIX folders to overlay")
     parser.add_argument("--out", type=Path, default=Path("docs/shots_curve.png"))
     parser.add_argument("--metric", default="accuracy")
+    parser.add_argument("--bands", action="store_true", help="draw the 95 %% intervals as bands")
     args = parser.parse_args(argv)
     if any(len(p) < 2 for p in args.panel):
         parser.error("--panel takes a title and at least one curve folder")
@@ -63,16 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.3 * rows), squeeze=False)
     for ax, (title, first, *others) in zip(axes.flat, args.panel, strict=False):
         colors: dict[str, str] = {}
-        draw_shots(ax, read_summary(Path(first)), args.metric, colors=colors)
+        draw_shots(ax, read_summary(Path(first)), args.metric, colors=colors, bands=args.bands)
         for other in others:
             folder, _, suffix = other.partition(":")
-            draw_shots(ax, read_summary(Path(folder)), args.metric, suffix=suffix, style="-.", colors=colors)
+            draw_shots(ax, read_summary(Path(folder)), args.metric, suffix=suffix, style="-.", colors=colors,
+                       bands=args.bands)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"test {args.metric} against labelled examples per class: mean and 95 % interval over episodes",
-                 fontsize=11)
+    fig.suptitle(f"test {args.metric} against labelled examples per class: mean over episodes"
+                 + (" and 95 % interval" if args.bands else ""), fontsize=11)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

@@ -227,3 +227,18 @@ def test_shots_curve_file_errors(tmp_path):
         load({**SHOTS, "methods": []})
     with pytest.raises(ConfigError, match="a shots curve has no 'fractions'"):
         load({**SHOTS, "fractions": [1.0]})
+
+
+def test_plot_shots_draws_panels_with_an_overlay(shots, tmp_path):
+    import importlib.util
+
+    _, out, _ = shots
+    spec = importlib.util.spec_from_file_location("plot_shots", Path(__file__).resolve().parents[1] / "scripts" / "plot_shots.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = script.read_summary(out)
+    assert [(g["method"], g["k"]) for g in table][:3] == [("zero_shot", 0), ("prototype", 1), ("prototype", 2)]
+    assert isinstance(table[1]["test_accuracy"], float) and math.isnan(table[0]["test_accuracy_low"])
+    png = tmp_path / "shots.png"
+    assert script.main(["--panel", "tiny", str(out), f"{out}: (again)", "--panel", "b", str(out), "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000
