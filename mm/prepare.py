@@ -22,7 +22,7 @@ from mm.distributed import Dist, eval_batches
 from mm.features import use_feature_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
-from mm.runtime import pick_device
+from mm.runtime import fast_float32, pick_device
 
 
 @dataclass
@@ -77,6 +77,7 @@ def prepare(cfg: Config, classes: list | None = None, model: MultimodalModel | N
         dist: under torchrun, this process's rank (its loaders take its share of each split).
     """
     device = device or pick_device(cfg.train.device)
+    fast_float32(device, cfg.train.precision)  # TF32 for what stays fp32 under CUDA autocast
     if classes is None:
         classes = training_classes(cfg.data, cfg.head.name)
     if model is None:

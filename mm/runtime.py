@@ -33,6 +33,18 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def fast_float32(device: torch.device, precision: str) -> bool:
+    """On CUDA with reduced precision (``auto`` / ``bf16`` / ``fp16``), let the matmuls and cuDNN
+    convolutions that stay in fp32 under autocast use TF32 tensor cores (10-bit mantissa, like bf16's
+    7 or fp16's 10: no less exact than the run's own precision). ``fp32`` runs stay IEEE fp32, and a
+    CPU has no TF32. Returns whether TF32 is on."""
+    on = device.type == "cuda" and precision in ("auto", "bf16", "fp16")
+    if on:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return on
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

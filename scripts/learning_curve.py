@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Run a learning curve: train and val error against trainable parameters or training set size.
 
-    python scripts/learning_curve.py CURVE.yaml [--out DIR] [--seeds 0 1 2] [--dry-run] [key=value ...]
+    python scripts/learning_curve.py CURVE.yaml [--out DIR] [--seeds 0 1 2] [--only NAME ...] [--dry-run]
+        [key=value ...]
 
 Examples:
     python scripts/learning_curve.py configs/curves/capacity.yaml
@@ -35,10 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("curve", help="curve YAML file, e.g. configs/curves/capacity.yaml")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/curves/<curve name>)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds per point (default: the file's 'seeds')")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="run only these points (a shots curve's trained methods; frozen ones always run)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.max_steps=10")
     argv = sys.argv[1:] if argv is None else argv
-    # key=value words are overrides wherever they stand, also right after --seeds 0 1 2.
+    # key=value words are overrides wherever they stand, also right after --seeds 0 1 2 or --only a b.
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = parser.parse_args([a for a in argv if a not in overrides])
     args.overrides += overrides
@@ -52,7 +55,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        curve = load_curve(args.curve, args.overrides, seeds=args.seeds)
+        curve = load_curve(args.curve, args.overrides, seeds=args.seeds, only=args.only)
         out = args.out or Path("runs") / "curves" / curve.name
         cells = expand(curve, out)
     except ConfigError as err:

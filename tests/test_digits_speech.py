@@ -1,4 +1,4 @@
-"""The digits-speech builder (with a fake synthesiser, no espeak-ng) and the raw-input baseline."""
+"""The digits-speech builder (with a fake synthesiser, no espeak-ng), the fortunes builder and the raw-input baseline."""
 
 from __future__ import annotations
 
@@ -241,3 +241,26 @@ def test_raw_baseline_script_writes_table_and_json(tmp_path: Path, capsys: pytes
     assert "| image | 784 | 0.100 | 1.000 | 1.000 |" in printed
     summary = json.loads(out.read_text())
     assert [r["modalities"] for r in summary["rows"]] == ["image"] and summary["rows"][0]["test acc"] == 1.0
+
+
+def test_make_fortunes_builds_a_seeded_text_manifest(tmp_path, capsys):
+    """The real-text builder on a fake fortunes folder: length filter, per-class cap, disjoint
+    seeded splits that mm reads, and a clear error without the package."""
+    script = load_script("make_fortunes")
+    source = tmp_path / "fortunes"
+    source.mkdir()
+    for topic in script.TOPICS:
+        cookies = [f"{topic} cookie number {i} " + "word " * (i % 7) for i in range(30)] + ["one", "x " * 130]
+        (source / topic).write_text("\n%\n".join(cookies))
+    out = tmp_path / "out"
+    assert script.main([str(out), "--source", str(source), "--per-class", "25", "--n-val", "10", "--n-test", "20"]) == 0
+    rows = {s: read_manifest(out / f"{s}.jsonl") for s in ("train", "val", "test")}
+    assert {s: len(r) for s, r in rows.items()} == {"train": 70, "val": 10, "test": 20}
+    texts = [r["text"] for part in rows.values() for r in part]
+    assert len(set(texts)) == 100 and all(2 <= len(t.split()) <= 120 for t in texts)  # "one" and the 130-word cut
+    assert sorted({r["label"] for r in rows["train"]}) == sorted(script.TOPICS)
+    first = (out / "train.jsonl").read_text()
+    script.build_fortunes(tmp_path / "again", 25, 10, 20, source=source)
+    assert (tmp_path / "again" / "train.jsonl").read_text() == first  # seeded
+    assert script.main([str(tmp_path / "none"), "--source", str(tmp_path / "missing")]) == 2
+    assert "apt-get install -y fortunes" in capsys.readouterr().err

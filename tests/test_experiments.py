@@ -80,6 +80,10 @@ def test_a_new_curve_kind_is_one_entry(tmp_path, monkeypatch):
                                        for e in (1, 3) for seed in (0, 1)]
     assert [(c.cfg.encoders.text.trainable, c.cfg.train.epochs) for c in cells[::2]] == [
         ("frozen", 1), ("frozen", 3), ("full", 1), ("full", 3)]
+    only = curves.expand(curves.load_curve(path, only=["full"]), tmp_path)  # learning_curve.py --only full
+    assert [c.name for c in only] == [c.name for c in cells if c.values["policy"] == "full"]
+    with pytest.raises(ConfigError, match=r"no 'policies' entry named \['ful'\]; the file has \['frozen', 'full'\]"):
+        curves.load_curve(path, only=["ful"])
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(yaml.safe_dump(curves.curve_dict(curve)))  # curve.yaml reruns the same runs
     assert [c.cfg for c in curves.expand(curves.load_curve(resolved), tmp_path)] == [c.cfg for c in cells]

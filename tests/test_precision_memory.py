@@ -66,3 +66,23 @@ def test_compiled_run_matches_the_eager_run(tmp_path):
     compiled = mm_train.train(load_config(None, [*args, f"train.out_dir={tmp_path / 'c'}", "train.compile=true"]))
     assert compiled["test"]["accuracy"] == eager["test"]["accuracy"]
     assert compiled["val"]["loss"] == pytest.approx(eager["val"]["loss"], rel=1e-4)
+
+
+def test_tf32_only_for_reduced_precision_on_cuda(monkeypatch):
+    from mm.runtime import fast_float32
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    for precision in ("auto", "bf16", "fp16", "fp32"):  # a CPU has no TF32: nothing is switched
+        assert fast_float32(torch.device("cpu"), precision) is False
+    assert fast_float32(torch.device("cuda"), "fp32") is False  # fp32 stays IEEE (no CUDA call made)
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tf32_on_for_bf16_on_cuda(monkeypatch):
+    from mm.runtime import fast_float32
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert fast_float32(torch.device("cuda"), "bf16") is True
+    assert torch.backends.cuda.matmul.allow_tf32 is True

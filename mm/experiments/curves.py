@@ -79,11 +79,13 @@ TRAIN_EVAL = "train_eval.json"
 
 
 def load_curve(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = (),
-               seeds: list[int] | None = None) -> Curve:
-    """Reads and checks a curve file (``seeds`` replaces the file's); errors name the file and key.
+               seeds: list[int] | None = None, only: list[str] | None = None) -> Curve:
+    """Reads and checks a curve file (``seeds`` replaces the file's; ``only`` keeps the named points,
+    a shots curve's trained methods); errors name the file and key.
 
     Raises:
-        ConfigError: unknown key or kind, a malformed point list, swept value or seed list.
+        ConfigError: unknown key or kind, a malformed point list, swept value or seed list, a name in
+            ``only`` that is not a point of the file.
     """
     kind_keys = {name: {k.sets, *([k.sweep.key] if k.sweep else []), *k.extras} for name, k in KINDS.items()}
     path, raw = read_spec(path, "curve", SPEC_KEYS.union(*kind_keys.values()))
@@ -95,6 +97,12 @@ def load_curve(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = 
         if key in raw:
             raise ConfigError(f"{path}: a {kind} curve has no '{key}'")
     points = _points(raw.get(spec.sets), path, spec.sets, spec.min_sets)
+    if only:
+        unknown = sorted(set(only) - {p.name for p in points})
+        if unknown:
+            raise ConfigError(f"{path}: no '{spec.sets}' entry named {unknown}; "
+                              f"the file has {[p.name for p in points]}")
+        points = [p for p in points if p.name in only]
     values, reserved = [], set(RESERVED_KEYS)
     if spec.sweep is not None:
         values = raw.get(spec.sweep.key)

@@ -1,10 +1,9 @@
 """The text-classification job the loop and HF Trainer rows share, and its three ways of training.
 
-Data: real English sentences that install offline. Debian's ``fortunes`` package ships its cookies
-by topic (``/usr/share/games/fortunes/<category>``); four topics with distinct vocabulary and many
-cookies make the classes: computers, politics, science and songs-poems. Each cookie becomes one
-line of text (whitespace collapsed), kept when it has 2 to 120 words like the issue's news
-sentences; each class is capped at the same count, then split into train / val / test. Length goes
+Data: real English sentences that install offline (``scripts/make_fortunes.py``): Debian's
+``fortunes`` package ships its cookies by topic; four topics with distinct vocabulary make the
+classes: computers, politics, science and songs-poems, one cookie per line of 2 to 120 words like
+the issue's news sentences, 570 per class, split 2,000 train / 80 val / 200 test. Length goes
 with the label here too (songs-poems are twice as long as the rest, median 36 words against
 16-19), the trap that makes naive length grouping hurt accuracy. Without the package (CI), the
 synthetic benchmark's captions stand in (``--text synthetic``: the ``shape`` task, text only).
@@ -21,8 +20,8 @@ the loop and the batching differ).
 from __future__ import annotations
 
 import json
-import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,34 +33,8 @@ from typing import Any
 import torch
 from common import steady_rate
 
-FORTUNES = Path("/usr/share/games/fortunes")
-CATEGORIES = ("computers", "politics", "science", "songs-poems")
-
-
-def build_fortunes(out: Path, per_class: int = 570, n_val: int = 80, n_test: int = 200, seed: int = 0,
-                   source: Path = FORTUNES) -> Path:
-    """Write ``out/{train,val,test}.jsonl`` (``{"text", "label"}``) from the fortune topics; returns ``out``.
-
-    Raises:
-        FileNotFoundError: the ``fortunes`` package is not installed (``apt-get install -y fortunes``).
-    """
-    if not (source / CATEGORIES[0]).is_file():
-        raise FileNotFoundError(f"{source}: no fortunes; install them with `apt-get install -y fortunes` "
-                                "or run with --text synthetic")
-    rng = random.Random(seed)
-    rows = []
-    for label in CATEGORIES:
-        cookies = (source / label).read_text(encoding="utf-8", errors="replace").split("\n%\n")
-        lines = [" ".join(c.split()) for c in cookies]
-        kept = [t for t in lines if 2 <= len(t.split()) <= 120]
-        rng.shuffle(kept)
-        rows += [{"text": t, "label": label} for t in kept[:per_class]]
-    rng.shuffle(rows)
-    splits = {"test": rows[:n_test], "val": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}
-    out.mkdir(parents=True, exist_ok=True)
-    for split, part in splits.items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the fortunes dataset builder
+from make_fortunes import build_fortunes  # noqa: E402,F401
 
 
 @dataclass
@@ -131,7 +104,8 @@ def run_hand(job: TextJob, seed: int) -> dict[str, float]:
         cfg, prep = _prepared(job, seed, out)
         model = prep.model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=job.lr, weight_decay=0.0)
+        # The same optimizer as mm and HF Trainer (fused AdamW), so the row measures the loop alone.
+        optimizer = torch.optim.AdamW(params, lr=job.lr, weight_decay=0.0, fused=True)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / job.steps))
         batches = epoch_batches(len(prep.splits["train"]), job.batch_size, seed, 0)[: job.steps]
         times = [time.perf_counter()]
