@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mm.data.audio_io import load_audio
 from mm.encoders import ENCODERS, AudioEncoder, ImageEncoder, SpectrogramEncoder, TextEncoder, build_encoder
+from mm.encoders.image import channels_last
 from mm.encoders.sources import minilm_path, resolve_source
 
 # ---- explicit parameter names of the tiny backbones (as the checkpoints define them) ----
@@ -271,7 +272,7 @@ def test_image_weights_file_with_arch_loads_a_cnn(cnn_weights, which: int) -> No
     x = torch.randn(1, 3, 160, 160)
     out = enc({"pixel_values": x})
     assert out.tokens.shape == (1, 25, 256) and out.pooled.shape == (1, 256) and out.mask.shape == (1, 25)
-    feature_map = enc.backbone.forward_features(x)  # [1, 256, 5, 5]
+    feature_map = enc.backbone.forward_features(channels_last(x))  # [1, 256, 5, 5], as the encoder reads it
     assert torch.equal(out.tokens[0, 7], feature_map[0, :, 1, 2])  # token h * W + w
     assert torch.allclose(out.pooled, out.tokens.mean(1), atol=1e-6)  # average pooling
 
@@ -432,3 +433,25 @@ def test_registry_and_errors_name_valid_values(tiny_bert: Path) -> None:
         TextEncoder(str(tiny_bert), trainable="partial")
     with pytest.raises(ValueError, match=r"'max'.*\['mean', 'cls'\]"):
         TextEncoder(str(tiny_bert), pooling="max")
+
+
+def test_cnn_pictures_go_in_channels_last_with_the_same_outputs_and_gradients(image_enc: ImageEncoder) -> None:
+    """A CNN reads its pictures in channels-last layout (faster convolutions); the outputs and the
+    gradients are those of the usual layout, and a ViT keeps its input as it is."""
+    cnn = build_encoder("image", source="tiny-cnn", trainable="full")
+    assert cnn.convolutional and not image_enc.convolutional
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    seen = []
+    first = next(m for m in cnn.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    out = cnn({"pixel_values": x})
+    hook.remove()
+    assert seen == [False]  # the backbone got the channels-last copy, not x
+    out.pooled.sum().backward()
+    grads = {n: p.grad.clone() for n, p in cnn.named_parameters()}
+    cnn.zero_grad()
+    reference = cnn.backbone.forward_head(cnn.backbone.forward_features(x), pre_logits=True)  # NCHW
+    reference.sum().backward()
+    torch.testing.assert_close(out.pooled, reference, rtol=1e-4, atol=1e-5)
+    for name, p in cnn.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-3, atol=1e-5)

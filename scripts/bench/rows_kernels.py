@@ -6,6 +6,9 @@
   default, ``F.scaled_dot_product_attention``) against its unfused path.
 - ``optimizer``: one AdamW step over the text backbone's parameters, fused (what mm builds) against
   torch's default implementation on this device.
+- ``channels_last``: a CNN image backbone's forward + backward (the packaged EfficientNet-Lite0,
+  batch 32 at 64 px, the default job's pictures) on channels-last input (what mm's image encoder
+  passes a CNN) against the usual NCHW layout; and a ViT, to which mm passes NCHW.
 - ``finite_check``: the per-step host check mm no longer makes (``bool(torch.isfinite(norm))``)
   against the device-side bookkeeping that replaced it (``NonFiniteGuard`` counters), in µs.
 """
@@ -70,6 +73,20 @@ def optimizer(source: str, reps: int, n: int) -> dict:
     return interleave({k: (lambda rep, o=o: {"ms": 1e3 * timed(o.step, n)}) for k, o in opts.items()}, reps)
 
 
+def layout(cnn: str, vit: str, vit_size: int, reps: int, n: int) -> dict:
+    from mm.encoders.image import create_backbone
+
+    nets = {"cnn": create_backbone(cnn).train(), "vit": create_backbone(vit, {"img_size": vit_size}, False).train()}
+    pictures = {"cnn": torch.randn(32, 3, 64, 64), "vit": torch.randn(8, 3, vit_size, vit_size)}
+
+    def step(name: str, last: bool):
+        x = pictures[name].contiguous(memory_format=torch.channels_last) if last else pictures[name]
+        return lambda rep: {"ms": 1e3 * timed(lambda: nets[name](x).mean().backward(), n)}
+
+    return interleave({"cnn_nchw": step("cnn", False), "cnn_channels_last": step("cnn", True),
+                       "vit_nchw": step("vit", False), "vit_channels_last": step("vit", True)}, reps)
+
+
 def finite_check(reps: int, n: int) -> dict:
     norm = torch.tensor(0.5)
     counters = [torch.zeros(()) for _ in range(3)]
@@ -87,8 +104,9 @@ def finite_check(reps: int, n: int) -> dict:
                        "device_counters": lambda rep: {"us": 1e6 * timed(device, n)}}, reps)
 
 
-def kernel_rows(att: dict, opt: dict, check: dict, command: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
+def kernel_rows(att: dict, opt: dict, check: dict, command: str, settings: dict[str, Any],
+                lay: dict | None = None) -> list[dict[str, Any]]:
+    rows = [
         row("attention", command, att, {"text eager / sdpa (time)": ratios(att, "ms", "text_eager", "text_sdpa"),
                                         "vit unfused / fused (time)": ratios(att, "ms", "vit_unfused", "vit_fused")},
             settings, notes="ms per forward + backward; ratio > 1: the fast kernel is faster"),
@@ -99,3 +117,9 @@ def kernel_rows(att: dict, opt: dict, check: dict, command: str, settings: dict[
             notes="µs per step on the CPU, where a host read waits for nothing; on a GPU the host read also "
                   "waits for the step's kernels to finish"),
     ]
+    if lay:
+        rows.append(row("channels_last", command, lay, {
+            "cnn nchw / channels-last (time)": ratios(lay, "ms", "cnn_nchw", "cnn_channels_last"),
+            "vit nchw / channels-last (time)": ratios(lay, "ms", "vit_nchw", "vit_channels_last")}, settings,
+            notes="ms per forward + backward; ratio > 1: channels-last is faster (mm uses it for CNN backbones)"))
+    return rows

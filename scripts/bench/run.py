@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         emit(*rows_kernels.kernel_rows(rows_kernels.attention(source, texts, vit, size, args.reps, n),
                                             rows_kernels.optimizer(source, args.reps, n),
                                             rows_kernels.finite_check(args.reps, 200 if args.tiny else 20000),
-                                            command, settings))
+                                            command, settings,
+                                            rows_kernels.layout("tiny-cnn" if args.tiny else "effnet-lite0",
+                                                                vit, size, args.reps, n)))
 
     if "cache" in args.rows:
         emit(cache(args, command, settings))
