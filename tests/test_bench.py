@@ -13,6 +13,7 @@ RATIOS = {
     "attention": {"text eager / sdpa (time)", "vit unfused / fused (time)"},
     "optimizer": {"default / fused (time)"},
     "finite_check": {"host check / device counters (time)"},
+    "channels_last": {"cnn nchw / channels-last (time)", "vit nchw / channels-last (time)"},
 }
 
 
