@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = min(n, 2)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.3 * rows), squeeze=False)
+    colors: dict[str, str] = {}  # one colour per method across all panels
     for ax, (title, first, *others) in zip(axes.flat, args.panel, strict=False):
-        colors: dict[str, str] = {}
         draw_shots(ax, read_summary(Path(first)), args.metric, colors=colors, bands=args.bands)
         for other in others:
             folder, _, suffix = other.partition(":")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = {
-    "loop_overhead": {"mm / hand-written loop"},
+    "loop_overhead": {"mm / hand-written loop", "whole run: mm / hand-written loop"},
     "hf_trainer": {"mm bucketed / HF default", "mm bucketed / HF group_by_length", "mm random / HF default",
-                   "mm bucketed / mm random"},
+                   "mm bucketed / mm random", "whole run: mm bucketed / HF default",
+                   "whole run: mm bucketed / HF group_by_length"},
     "attention": {"text eager / sdpa (time)", "vit unfused / fused (time)"},
     "optimizer": {"default / fused (time)"},
     "finite_check": {"host check / device counters (time)"},
