@@ -134,7 +134,11 @@ def eval_batches(n: int, batch_size: int, d: Dist) -> list[list[int]]:
 
 
 def close(d: Dist) -> None:
+    """End the job's process group, all ranks together: a barrier first, so no rank tears the group
+    down while another still uses it (a rank destroying its group early left the job hanging at exit
+    now and then, pytorch/pytorch#75097)."""
     if d.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

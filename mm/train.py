@@ -366,7 +366,7 @@ def train(cfg: Config) -> dict[str, Any]:
     val = evaluate(model, loader("val"), device, cfg.train.precision, dist=d)
     outputs: dict[str, list] = {}
     test = evaluate(model, loader("test"), device, cfg.train.precision, outputs, dist=d)
-    if not d.main:  # the other ranks are done: rank 0 writes the reports and results
+    if not d.main:  # the other ranks are done: rank 0 writes the reports and results, then all close together
         distributed.close(d)
         return {"run_dir": str(run_dir), "rank": d.rank, "best_step": stopper.best_step, "val": val, "test": test}
     tracker.log({**{f"test/{k}": v for k, v in test.items()}}, step)

@@ -68,21 +68,29 @@ def test_compiled_run_matches_the_eager_run(tmp_path):
     assert compiled["val"]["loss"] == pytest.approx(eager["val"]["loss"], rel=1e-4)
 
 
-def test_tf32_only_for_reduced_precision_on_cuda(monkeypatch):
+def test_tf32_only_for_reduced_precision_on_cuda():
     from mm.runtime import fast_float32
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    for precision in ("auto", "bf16", "fp16", "fp32"):  # a CPU has no TF32: nothing is switched
-        assert fast_float32(torch.device("cpu"), precision) is False
-    assert fast_float32(torch.device("cuda"), "fp32") is False  # fp32 stays IEEE (no CUDA call made)
-    assert torch.backends.cuda.matmul.allow_tf32 is False
+    before = torch.backends.cuda.matmul.allow_tf32  # torch's flag object is not monkeypatch-able
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for precision in ("auto", "bf16", "fp16", "fp32"):  # a CPU has no TF32: nothing is switched
+            assert fast_float32(torch.device("cpu"), precision) is False
+        assert fast_float32(torch.device("cuda"), "fp32") is False  # fp32 stays IEEE (no CUDA call made)
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_tf32_on_for_bf16_on_cuda(monkeypatch):
+def test_tf32_on_for_bf16_on_cuda():
     from mm.runtime import fast_float32
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert fast_float32(torch.device("cuda"), "bf16") is True
-    assert torch.backends.cuda.matmul.allow_tf32 is True
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        assert fast_float32(torch.device("cuda"), "bf16") is True
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
