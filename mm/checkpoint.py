@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+WEIGHTS = "model.safetensors"  # a checkpoint's weights file
 OMITTED = "mm.omitted"  # metadata key: {module prefix: weights digest} of the modules left out
 
 
@@ -166,7 +167,7 @@ def save_checkpoint(root: Path, step: int, write_weights: Any, state: dict[str, 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    write_weights(tmp / "model.safetensors")
+    write_weights(tmp / WEIGHTS)
     torch.save(state, tmp / "state.pt")
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
@@ -216,8 +217,8 @@ def verify_checkpoint(folder: Path) -> None:
     """
     manifest = folder / MANIFEST
     if not manifest.is_file():
-        if not (folder / "model.safetensors").is_file():
-            raise CheckpointError(f"{folder}: no model.safetensors")
+        if not (folder / WEIGHTS).is_file():
+            raise CheckpointError(f"{folder}: no {WEIGHTS}")
         return
     try:
         files = json.loads(manifest.read_text())["files"]
@@ -257,7 +258,6 @@ def resume_point(root: Path) -> tuple[Path, dict[str, Any]] | None:
 
 STAGING = "artifacts"  # run_dir/artifacts/<step folder>/: what log_model logs, in place
 RUN_FILES = ("config.yaml", "classes.json", "metrics.jsonl", "wandb_id.txt")
-WEIGHTS = "model.safetensors"
 
 
 def stage_checkpoint(run_dir: Path, checkpoint: Path) -> tuple[Path, dict[str, Any]]:

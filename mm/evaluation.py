@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-from mm.checkpoint import load_weights, verify_checkpoint
+from mm.checkpoint import WEIGHTS, load_weights, verify_checkpoint
 from mm.config import Config, load_config
 from mm.distributed import Dist, gather
 from mm.features import encode_with_cache
@@ -48,7 +48,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Mul
     cfg = load_config(run_dir / "config.yaml")
     classes = json.loads((run_dir / "classes.json").read_text())
     model = build_model(cfg, num_classes=build_codec(cfg.head.name, classes).num_outputs, classes=classes)
-    load_weights(model, run_dir / "checkpoints" / checkpoint / "model.safetensors")
+    load_weights(model, run_dir / "checkpoints" / checkpoint / WEIGHTS)
     return cfg, model.eval(), classes
 
 @torch.no_grad()

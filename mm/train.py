@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from mm import distributed
-from mm.checkpoint import frozen_backbones, load_weights, resume_point, save_checkpoint, save_weights
+from mm.checkpoint import WEIGHTS, frozen_backbones, load_weights, resume_point, save_checkpoint, save_weights
 from mm.config import Config, to_dict, to_yaml
 from mm.data.validate import check_dataset
 from mm.distributed import Dist
@@ -206,7 +206,7 @@ def train(cfg: Config) -> dict[str, Any]:
     omit = frozen_backbones(model)
     step = 0
     if resume_state:
-        load_weights(model, resume_from / "model.safetensors")
+        load_weights(model, resume_from / WEIGHTS)
     # Wrap for the ranks (DDP / FSDP), compile if asked, then the optimizer over the wrapped
     # parameters (FSDP's are sharded). fp16 scales the loss so small gradients survive.
     strategy = cfg.train.strategy
@@ -358,7 +358,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     # Test the best checkpoint (the one validation chose), never the last one by default.
     distributed.barrier(d)  # rank 0 has written it
-    best = ckpt_dir / "best" / "model.safetensors"
+    best = ckpt_dir / "best" / WEIGHTS
     if strategy == "fsdp" and d.enabled:
         distributed.load_model_state(model, load_file(str(best)), strategy, d)
     else:
