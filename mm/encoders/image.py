@@ -85,11 +85,11 @@ MIN_AUTO_SIZE = 64
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """A batch of pictures in channels-last layout (NHWC strides, same shape). PyTorch's oneDNN
-    (CPU) and cuDNN (GPU) convolutions are faster on it and keep their outputs in it: EfficientNet-
-    Lite0's forward + backward on 32 pictures of 64 px took 141 ms instead of 225 ms on 2 CPU cores
-    (BENCHMARKS.md, row ``channels_last``). Only the input's layout changes: weights, checkpoints,
-    exports and the feature cache stay as they were. (A one-channel spectrogram has no channel
-    order to change, so the spectrogram encoder is left as it is.)"""
+    (CPU) and cuDNN (GPU) convolutions are faster on it and keep their outputs in it (BENCHMARKS.md,
+    row ``channels_last``: EfficientNet-Lite0; a ViT gains nothing, so it keeps NCHW). Only the
+    input's layout changes: weights, checkpoints, exports and the feature cache stay as they were.
+    (A one-channel spectrogram has no channel order to change, so the spectrogram encoder is left
+    as it is.)"""
     return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]  # bench/, scripts/ (make_fortunes), the repo
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def text_job(args: argparse.Namespace):
-    from textjob import TextJob, build_fortunes
+    from make_fortunes import build_fortunes
+    from textjob import TextJob
 
     if args.tiny:
         return TextJob("synthetic", source="tiny-bert", batch_size=8, steps=6, skip=2, max_length=32)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,9 +31,6 @@ from typing import Any
 
 import torch
 from common import steady_rate
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the fortunes dataset builder
-from make_fortunes import build_fortunes  # noqa: E402,F401
 
 
 @dataclass
@@ -119,7 +115,8 @@ def run_hand(job: TextJob, seed: int) -> dict[str, float]:
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter())
-    return {"samples_per_s": steady_rate(times, job.batch_size, job.skip), "samples_per_s_all": steady_rate(times, job.batch_size, 0)}
+    return {"samples_per_s": steady_rate(times, job.batch_size, job.skip),
+            "samples_per_s_all": steady_rate(times, job.batch_size, 0)}
 
 
 class TrainerAdapter(torch.nn.Module):
