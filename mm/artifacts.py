@@ -10,7 +10,7 @@ one checkpoint of a run, laid out as a run folder with that one checkpoint::
 The training state (``state.pt``: optimizer, RNG) stays out: an artifact is for predicting and
 evaluating, not for resuming. ``resolve_run`` turns a reference such as
 ``artifact:mm/model-1a2b3c4d:best`` (or ``wandb-artifact://entity/mm/model-1a2b3c4d:v3``) into a
-folder that ``mm.evaluation.load_run`` reads: it downloads that version into a cache and points
+folder that ``mm.analysis.evaluation.load_run`` reads: it downloads that version into a cache and points
 ``checkpoints/best`` and ``checkpoints/last`` at its one checkpoint, whichever alias named it. A
 run folder passes through (an artifact's folder fetched otherwise, e.g. by ``wandb artifact get``,
 gets the same two links). Downloading needs a W&B server: with no API key, in offline mode, or
@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm.checkpoint import WEIGHTS
+from mm.run.checkpoint import WEIGHTS
 
 SCHEMES = ("wandb-artifact://", "artifact:")
 CACHE_ENV = "MM_ARTIFACT_CACHE"  # where downloads go; default ~/.cache/mm/artifacts

@@ -48,7 +48,7 @@ class DataConfig:
     allow_outside_paths: bool = False  # manifest media paths may point outside the dataset folder
     on_error: str = "raise"  # a sample that cannot be read: raise (stop the run) | skip (count it)
     max_bad_fraction: float = 0.01  # on_error=skip: stop when more than this share of a split is bad
-    bucket_by_length: bool = False  # training batches of similar length (text, audio): less padding (mm.runtime.epoch_batches)
+    bucket_by_length: bool = False  # training batches of similar length (text, audio): less padding (mm.run.runtime.epoch_batches)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

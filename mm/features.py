@@ -34,7 +34,7 @@ from mm.data.collate import TEXT, Collator
 from mm.encoders.base import FROZEN_POLICIES, Encoder, EncoderOutput
 from mm.encoders.sources import resolve_source
 from mm.paths import cache_dir
-from mm.runtime import autocast as run_autocast
+from mm.run.runtime import autocast as run_autocast
 
 FORMAT_VERSION = 2  # bump when preprocessing or encoding code changes in a way the key cannot see
 

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from mm.analysis.evaluation import load_run
 from mm.data.collate import Collator
 from mm.data.manifest import ManifestDataset
-from mm.evaluation import load_run
 from mm.labels import build_codec
 
 

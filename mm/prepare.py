@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 from mm.config import Config
 from mm.data import build_splits, training_classes
 from mm.data.collate import Collator
-from mm.distributed import Dist, eval_batches
 from mm.features import use_feature_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
-from mm.runtime import fast_float32, pick_device
+from mm.run.distributed import Dist, eval_batches
+from mm.run.runtime import fast_float32, pick_device
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Prepared:
 
     def loader(self, split: str, batch_sampler: Any = None, dataset: Dataset | None = None) -> DataLoader:
         """A loader over ``split`` (or ``dataset``): the given batches, else ``eval_batch_size`` in
-        order (under torchrun: this rank's contiguous share, ``mm.distributed.eval_batches``)."""
+        order (under torchrun: this rank's contiguous share, ``mm.run.distributed.eval_batches``)."""
         data = self.splits[split] if dataset is None else dataset
         if batch_sampler is None and self.dist.enabled:
             batch_sampler = eval_batches(len(data), self.cfg.train.eval_batch_size, self.dist)

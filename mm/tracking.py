@@ -229,7 +229,7 @@ class Tracker:
 
         The artifact is named ``model-<W&B run id>``; one checkpoint that is both best and last is
         one version with both aliases. Its files are staged in ``run_dir/artifacts/`` (hard links to
-        the checkpoint, see ``mm.checkpoint.stage_checkpoint``) and logged in place, so an offline
+        the checkpoint, see ``mm.run.checkpoint.stage_checkpoint``) and logged in place, so an offline
         run's record points into the run folder and ``wandb sync`` uploads them from there. Does
         nothing when W&B is off.
 
@@ -238,7 +238,7 @@ class Tracker:
         """
         if self._run is None:
             return
-        from mm.checkpoint import stage_checkpoint
+        from mm.run.checkpoint import stage_checkpoint
 
         aliases: dict[Path, list[str]] = {}
         for alias in ("best", "last"):

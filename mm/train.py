@@ -19,22 +19,29 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from mm import distributed
-from mm.checkpoint import WEIGHTS, frozen_backbones, load_weights, resume_point, save_checkpoint, save_weights
+from mm.analysis.evaluation import evaluate
+from mm.analysis.reports import write_test_reports
 from mm.config import Config, to_dict, to_yaml
 from mm.data.validate import check_dataset
-from mm.distributed import Dist
 from mm.encoders.policies import gradual_blocks, thaw
-from mm.evaluation import evaluate
 from mm.features import encode_with_cache
 from mm.mixing import Mixing
 from mm.model import MultimodalModel, parameter_counts
-from mm.optim import NonFiniteGuard, build_optimizer, build_scheduler
-from mm.preemption import Preempted, StopSignals
 from mm.prepare import prepare
-from mm.reports import write_test_reports
-from mm.resume import apply_learning_rates, check_resume, config_hash
-from mm.runtime import (
+from mm.run import distributed
+from mm.run.checkpoint import (
+    WEIGHTS,
+    frozen_backbones,
+    load_weights,
+    resume_point,
+    save_checkpoint,
+    save_weights,
+)
+from mm.run.distributed import Dist
+from mm.run.optim import NonFiniteGuard, build_optimizer, build_scheduler
+from mm.run.preemption import Preempted, StopSignals
+from mm.run.resume import apply_learning_rates, check_resume, config_hash
+from mm.run.runtime import (
     autocast,
     epoch_batches,
     pick_device,
@@ -139,7 +146,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     # Under torchrun every rank runs this function; rank 0 alone writes the run folder, checkpoints
-    # and W&B (``mm.distributed``). All ranks seed alike, so they build the same initial model.
+    # and W&B (``mm.run.distributed``). All ranks seed alike, so they build the same initial model.
     d = distributed.init(pick_device(cfg.train.device))
     seed_everything(cfg.seed, cfg.train.deterministic)
     # The data, checked before any model is built: every problem at once, naming file and line. The
@@ -263,7 +270,7 @@ def train(cfg: Config) -> dict[str, Any]:
     model.train()
     optimizer.zero_grad(set_to_none=True)
     window_loss, window_n, window_t, samples = 0.0, 0, time.perf_counter(), 0
-    # Non-finite guard (mm.optim.NonFiniteGuard): a step whose gradients are not finite is skipped and
+    # Non-finite guard (mm.run.optim.NonFiniteGuard): a step whose gradients are not finite is skipped and
     # counted, on the device where it can be (no host sync per step); the counts come to the host once
     # per logging window and before each checkpoint, and the run stops there once train.max_nonfinite
     # steps in a row were skipped (fp16's GradScaler skips its own overflows: it then gets 32 more

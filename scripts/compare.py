@@ -11,7 +11,7 @@ Two cells pair their runs by seed; a run pairs with a run.
 Prints each side's metric with its 95 % bootstrap interval over the test examples, the difference
 A - B with its interval and the paired bootstrap p-value, and for accuracy McNemar's exact test
 (per pair of runs). For cells, a side's metric is the mean over its seeds, and every bootstrap
-resample draws the same test examples for all seeds (``mm.stats``). The last stdout line is a
+resample draws the same test examples for all seeds (``mm.analysis.stats``). The last stdout line is a
 JSON summary. Exit status: 0, or 2 when the two cannot be compared (not found, tested on
 different examples, a metric without a per-example form).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm.stats import PREDICTIONS, RESAMPLES, Interval, Predictions, compare, format_p  # noqa: E402
+from mm.analysis.stats import PREDICTIONS, RESAMPLES, Interval, Predictions, compare, format_p  # noqa: E402
 
 
 def find_runs(path: Path) -> dict[int | None, Path]:

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from mm.analysis.evaluation import NOISE_LEVELS, load_run, log_robustness, robustness, write_robustness
     from mm.config import to_dict
-    from mm.evaluation import NOISE_LEVELS, load_run, log_robustness, robustness, write_robustness
     from mm.prepare import prepare
     from mm.tracking import Tracker
 
@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def calibrate(model: MultimodalModel, job: Prepared, cfg: Config, out_dir: Path) -> dict[str, Any]:
-    """Temperature scaling fitted on val, reported on test (``mm.reports.write_calibration``); prints a table."""
+    """Temperature scaling fitted on val, reported on test (``mm.analysis.reports.write_calibration``); prints a table."""
     import torch
 
-    from mm.evaluation import evaluate
-    from mm.reports import predictions, write_calibration
+    from mm.analysis.evaluation import evaluate
+    from mm.analysis.reports import predictions, write_calibration
 
     sets = {}
     for split in ("val", "test"):

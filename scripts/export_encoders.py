@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export's folders")
     args = parser.parse_args(argv)
 
-    from mm.export import export_run
+    from mm.backbone_export import export_run
 
     try:
         folders = export_run(args.run_dir, args.out, args.checkpoint, overwrite=args.overwrite)

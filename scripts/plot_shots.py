@@ -6,7 +6,7 @@
 
 Each ``--panel`` is one subplot: the summary.csv of each curve output folder DIR (written by
 ``scripts/learning_curve.py`` for a ``kind: shots`` curve), the first folder's methods drawn as
-the curve draws them (``mm.fewshot.draw_shots``: trained solid, frozen-feature classifiers dashed,
+the curve draws them (``mm.lowdata.fewshot.draw_shots``: trained solid, frozen-feature classifiers dashed,
 zero-shot dotted), every further ``DIR:SUFFIX`` dash-dotted with SUFFIX after its method names
 (e.g. the same curve with a transferred encoder).
 
@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm.fewshot import draw_shots  # noqa: E402
+from mm.lowdata.fewshot import draw_shots  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from mm.runtime import pick_device
-    from mm.shallow import C_GRID, extract_splits, fit_logistic, markdown_table
+    from mm.lowdata.shallow import C_GRID, extract_splits, fit_logistic, markdown_table
+    from mm.run.runtime import pick_device
     from mm.train import train
 
     # Features once, then the C grid on them.

@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         cfg.train.resume = (Path(cfg.train.out_dir) / cfg.name / "checkpoints" / "last").exists()
 
-    from mm.checkpoint import CheckpointError
     from mm.data.errors import ManifestError
-    from mm.preemption import Preempted
-    from mm.resume import ResumeError
+    from mm.run.checkpoint import CheckpointError
+    from mm.run.preemption import Preempted
+    from mm.run.resume import ResumeError
     from mm.train import NonFiniteError, train
 
     try:

@@ -6,7 +6,7 @@
 
 1. Source: the image-only synthetic task ``color`` (configs/color_source.yaml, one epoch), on
    samples of its own (``data.synthetic.seed=1``), tiny ViT trained from its random init.
-2. Export: the trained image encoder as a timm hub-layout folder (``mm.export.export_run``).
+2. Export: the trained image encoder as a timm hub-layout folder (``mm.backbone_export.export_run``).
 3. Target: the text+image task ``color_animal`` (configs/default.yaml: MiniLM frozen for text)
    on a small budget (a fraction of the training split, a few epochs), with the image encoder
    - from scratch: the same random tiny ViT the source started from, fine-tuned;
@@ -82,8 +82,8 @@ def markdown(args: argparse.Namespace, source: dict, results: dict[str, list[dic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from mm.backbone_export import export_run
     from mm.config import load_config
-    from mm.export import export_run
     from mm.train import train
 
     t_start = time.perf_counter()

@@ -6,7 +6,7 @@
 
 Embeds every val and test text with the config's text encoder (frozen, mean-pooled: for
 ``minilm`` all-MiniLM-L6-v2's sentence embedding) and each class as its name put into the
-templates (default: ``mm.zero_shot.TEMPLATES``, averaged); a text goes to the most similar class.
+templates (default: ``mm.lowdata.zero_shot.TEMPLATES``, averaged); a text goes to the most similar class.
 ``--name 1=one`` puts other words than the label into the templates. Writes a run folder as
 ``scripts/train.py`` does (``train.out_dir``/``name``, default ``zero_shot-<data>-text``):
 config.yaml, classes.json, results.json (val and test metrics of the classification head) and
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("config_or_overrides", nargs="*", help="an optional YAML file, then key=value overrides")
     parser.add_argument("--modalities", help="sets data.modalities (zero-shot takes text only)")
     parser.add_argument("--template", action="append", dest="templates", metavar="TEXT",
-                        help="a prompt template with one {} (repeat for several; default: mm.zero_shot.TEMPLATES)")
+                        help="a prompt template with one {} (repeat for several; default: mm.lowdata.zero_shot.TEMPLATES)")
     parser.add_argument("--name", action="append", dest="names", default=[], metavar="LABEL=WORDS",
                         help="the words that stand for a class label in the templates (repeatable)")
     return parser.parse_intermixed_args(argv)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if any("=" not in n for n in args.names):
             raise ConfigError(f"--name takes LABEL=WORDS, got {args.names}")
         names = dict(n.split("=", 1) for n in args.names)
-        from mm import zero_shot
+        from mm.lowdata import zero_shot
 
         zero_shot.check_modalities(cfg.data.modalities)
         templates = zero_shot.check_templates(args.templates or zero_shot.TEMPLATES)

@@ -167,7 +167,7 @@ def test_results_csv_rows_and_columns(reference):
 
 
 def test_summary_is_mean_and_interval_over_seeds_with_a_paired_test(reference):
-    from mm.stats import PREDICTIONS, Predictions, compare, format_p
+    from mm.analysis.stats import PREDICTIONS, Predictions, compare, format_p
 
     out, result = reference
     rows = read_csv(out / "results.csv")

@@ -14,7 +14,7 @@ from mm.config import load_config
 from mm.data.cached import CachedSplit, FeatureTable
 from mm.data.manifest import ManifestDataset
 from mm.encoders import SpectrogramEncoder, TextEncoder
-from mm.runtime import epoch_batches, sort_lengths
+from mm.run.runtime import epoch_batches, sort_lengths
 
 # Lengths 0..99, shuffled: every sample's length differs, so sorted batches are unambiguous.
 LENGTHS = torch.randperm(100, generator=torch.Generator().manual_seed(1)).tolist()

@@ -14,14 +14,14 @@ import torch
 import yaml
 
 import mm.train as mm_train
-from mm import runtime
+from mm.analysis.evaluation import load_run
 from mm.config import ConfigError, load_config
 from mm.data import build_splits
 from mm.data.collate import Collator
-from mm.evaluation import load_run
 from mm.experiments import curves
 from mm.labels import build_codec
 from mm.model import build_model
+from mm.run import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 
 from mm.data.audio_io import load_audio
 from mm.data.manifest import ManifestError, read_manifest
-from mm.raw_baseline import LogMelStats, image_features, modality_features, run_raw_baseline
+from mm.lowdata.raw_baseline import LogMelStats, image_features, modality_features, run_raw_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 

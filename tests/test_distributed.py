@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import mm.train as mm_train
 from mm.config import load_config
-from mm.distributed import Dist, eval_batches, shard, usable
+from mm.run.distributed import Dist, eval_batches, shard, usable
 
 ROOT = Path(__file__).resolve().parents[1]
 # Text (frozen MiniLM, from the feature cache) + image (tiny ViT, fine-tuned); no dropout anywhere,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mm.train as mm_train
+from mm.analysis.evaluation import load_run, remove_modalities
 from mm.config import load_config
-from mm.evaluation import load_run, remove_modalities
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import yaml
 
 import mm.train as mm_train
 from mm.config import ConfigError
-from mm.experiments import cell, curves, grids, reports
+from mm.experiments import cell, curves, grids, summaries
 from mm.experiments.spec import KINDS, CurveKind, Sweep
 
 TINY = [
@@ -99,16 +99,16 @@ def test_a_new_curve_kind_is_one_entry(tmp_path, monkeypatch):
              "seed": c.seed, "n_train": 48, "params_trainable": 10 + i // 4, "params_total": 100,
              "train_error": 0.1 * i, "val_error": 0.2, "test_error": 0.05 * i, "best_step": 1, "steps": 2,
              "wall_time_s": 1.0} for i, c in enumerate(cells)]
-    table = reports.curve_summary(curve, rows)
+    table = summaries.curve_summary(curve, rows)
     assert [(g["policy"], g["epochs"], g["n"]) for g in table] == [("frozen", 1, 2), ("frozen", 3, 2),
                                                                   ("full", 1, 2), ("full", 3, 2)]
     errors = [r["train_error"] for r in rows[2:4]]
     assert (table[1]["train_error"], table[1]["train_error_std"]) == (statistics.fmean(errors),
                                                                       statistics.stdev(errors))
-    markdown = reports.curve_markdown(curve, table)
+    markdown = summaries.curve_markdown(curve, table)
     assert "| policy | fraction | epochs | n_train | trainable params | n |" in markdown
     assert f"| full | 1 | 3 | 48 | 11 | 2 | {0.65:.4f} ± {statistics.stdev([0.6, 0.7]):.4f} |" in markdown
-    assert reports.curve_plot(curve, table, tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summaries.curve_plot(curve, table, tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_grid_bundles_vary_several_keys_together(tmp_path):

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from mm.analysis.evaluation import load_run
+from mm.backbone_export import merge_lora
 from mm.config import load_config
 from mm.data import build_splits
 from mm.data.collate import Collator
 from mm.encoders import build_encoder
-from mm.evaluation import load_run
-from mm.export import merge_lora
 from mm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

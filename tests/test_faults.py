@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 import mm.train as mm_train
-from mm.checkpoint import CheckpointError, verify_checkpoint
+from mm.analysis.evaluation import load_run
 from mm.config import ConfigError, load_config
-from mm.evaluation import load_run
-from mm.optim import lr_factor
-from mm.resume import ResumeError
+from mm.run.checkpoint import CheckpointError, verify_checkpoint
+from mm.run.optim import lr_factor
+from mm.run.resume import ResumeError
 
 ROOT = Path(__file__).resolve().parents[1]
 # The issue's setting: small synthetic runs with a checkpoint every 5 steps.
@@ -56,7 +56,7 @@ def reference(tmp_path_factory):
 KILL_INSIDE_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import mm.checkpoint as ck
+import mm.run.checkpoint as ck
 point = {point!r}
 real_save, real_point = ck.torch.save, ck._point
 def save(obj, path, *a, **k):

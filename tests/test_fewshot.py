@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from mm.fewshot import (
+from mm.lowdata.fewshot import (
     Prototypes,
     episode,
     episode_folder,
@@ -24,7 +24,7 @@ from mm.fewshot import (
     unit_blocks,
     write_episode,
 )
-from mm.shallow import Features
+from mm.lowdata.shallow import Features
 
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0])  # class 0: 5 examples, class 1: 4, class 2: 3
 
@@ -185,7 +185,7 @@ def test_shots_curve_writes_its_rows_table_and_plot(shots):
 
 
 def test_shots_episodes_are_nested_folders_the_trained_runs_read(shots):
-    from mm.evaluation import load_run
+    from mm.analysis.evaluation import load_run
 
     curve, out, _ = shots
     for seed in (0, 1):

@@ -30,7 +30,7 @@ X = IGNORE_INDEX
 
 @pytest.mark.parametrize("plot", [True, False])
 def test_classification_report_on_known_predictions(tmp_path, plot):
-    from mm.reports import write_classification_report
+    from mm.analysis.reports import write_classification_report
 
     true = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([0, 1, 1, 1, 2, 0])

@@ -15,16 +15,16 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mm.analysis.evaluation import robustness
 from mm.data.collate import Collator
 from mm.data.manifest import ManifestDataset
 from mm.encoders import build_encoder
 from mm.encoders.base import Encoder, EncoderOutput
-from mm.evaluation import robustness
 from mm.features import use_feature_cache
 from mm.fusion import build_fusion
 from mm.heads import build_head
 from mm.model import MultimodalModel
-from mm.runtime import seeded
+from mm.run.runtime import seeded
 
 
 class VectorEncoder(Encoder):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
+from mm.analysis.reports import report_table, token_report, write_token_report
 from mm.config import load_config
 from mm.data.collate import Collator
 from mm.encoders.text import TextEncoder
 from mm.labels import IGNORE_INDEX, build_codec
 from mm.model import build_model
 from mm.predict import decode
-from mm.reports import report_table, token_report, write_token_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = ["B-LOC", "B-PER", "I-PER", "O"]
@@ -192,9 +192,9 @@ def tags_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_training_writes_the_per_entity_report(tags_run: dict):
     from wandb_reader import read_offline_history
 
+    from mm.analysis.evaluation import load_run
     from mm.data import resolve_dataset
     from mm.data.manifest import read_manifest
-    from mm.evaluation import load_run
 
     run_dir = Path(tags_run["run_dir"])
     cfg, _, _ = load_run(run_dir)
@@ -215,7 +215,7 @@ def test_training_writes_the_per_entity_report(tags_run: dict):
     table = [row for row in read_offline_history(run_dir) if "test/entity_report._type" in row]
     assert [(row["test/entity_report._type"], row["test/entity_report.nrows"]) for row in table] == [("table-file", 9)]
     # the predictions for scripts/compare.py (word-level tag ids per sentence) and the metric's interval
-    from mm.stats import Predictions, decompose
+    from mm.analysis.stats import Predictions, decompose
 
     preds = Predictions.load(run_dir / "report" / "test_predictions.npz")
     assert preds.head == "token" and preds.lengths.tolist() == [len(tags) for tags in gold]

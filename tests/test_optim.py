@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mm.config import OptimConfig
-from mm.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from mm.run.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 class Toy(nn.Module):

@@ -69,7 +69,7 @@ def test_compiled_run_matches_the_eager_run(tmp_path):
 
 
 def test_tf32_only_for_reduced_precision_on_cuda():
-    from mm.runtime import fast_float32
+    from mm.run.runtime import fast_float32
 
     before = torch.backends.cuda.matmul.allow_tf32  # torch's flag object is not monkeypatch-able
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -85,7 +85,7 @@ def test_tf32_only_for_reduced_precision_on_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_tf32_on_for_bf16_on_cuda():
-    from mm.runtime import fast_float32
+    from mm.run.runtime import fast_float32
 
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False

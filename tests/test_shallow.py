@@ -16,7 +16,7 @@ from mm.config import load_config
 from mm.data import build_splits
 from mm.data.collate import Collator
 from mm.encoders import build_encoder
-from mm.shallow import C_GRID, build_frozen_model, extract_splits, fit_logistic
+from mm.lowdata.shallow import C_GRID, build_frozen_model, extract_splits, fit_logistic
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ["data.synthetic.n_train=120", "data.synthetic.n_val=40", "data.synthetic.n_test=40"]

@@ -1,4 +1,4 @@
-"""mm.stats: ECE, temperature scaling, bootstrap intervals, paired tests; the end-of-run reports and
+"""mm.analysis.stats: ECE, temperature scaling, bootstrap intervals, paired tests; the end-of-run reports and
 scripts/compare.py on real tiny runs; the grid table's significance mark."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from scipy.special import softmax
 from wandb_reader import read_offline_history, read_records
 
-from mm import stats
+from mm.analysis import stats
 from mm.config import load_config
-from mm.experiments import reports as grid_reports
+from mm.experiments import summaries as grid_reports
 from mm.experiments.spec import Grid
 from mm.heads import ClassificationHead, MultiLabelHead, RegressionHead, TokenHead
 

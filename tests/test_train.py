@@ -52,9 +52,9 @@ def test_training_learns_beyond_unimodal_ceilings(learned):
 
 def test_frozen_text_backbone_is_left_out_of_checkpoints_and_reloads_bit_identical(learned):
     _, results = learned
-    from mm.checkpoint import weights_digest
+    from mm.analysis.evaluation import load_run
     from mm.encoders.text import TextEncoder
-    from mm.evaluation import load_run
+    from mm.run.checkpoint import weights_digest
 
     fresh = TextEncoder("minilm", trainable="frozen").backbone
     ckpt = Path(results["run_dir"]) / "checkpoints/best/model.safetensors"
@@ -71,8 +71,8 @@ def test_frozen_text_backbone_is_left_out_of_checkpoints_and_reloads_bit_identic
 
 
 def test_checkpoint_refuses_changed_frozen_weights_and_wrong_keys(learned, tmp_path):
-    from mm.checkpoint import load_weights, save_weights
-    from mm.evaluation import load_run
+    from mm.analysis.evaluation import load_run
+    from mm.run.checkpoint import load_weights, save_weights
 
     _, results = learned
     _, model, _ = load_run(results["run_dir"])

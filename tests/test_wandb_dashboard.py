@@ -26,9 +26,9 @@ import yaml
 from wandb_reader import isolate_wandb, read_offline_run
 
 import mm.train as mm_train
+from mm.analysis.evaluation import load_run
 from mm.artifacts import ArtifactRef, parse_ref, resolve_run
 from mm.config import load_config, to_yaml
-from mm.evaluation import load_run
 from mm.experiments import curves, grids
 from mm.experiments.runner import cell_tags, is_done
 from mm.tracking import Tracker
@@ -265,7 +265,7 @@ def test_log_model_stages_best_and_last_as_model_artifacts(logged):
 
 
 def test_a_checkpoint_both_best_and_last_is_one_version_with_both_aliases(tmp_path):
-    from mm.checkpoint import save_checkpoint
+    from mm.run.checkpoint import save_checkpoint
 
     (tmp_path / "config.yaml").write_text("seed: 0\n")
     save_checkpoint(tmp_path / "checkpoints", 2, lambda path: path.write_bytes(b"weights"), {"step": 2}, best=True)

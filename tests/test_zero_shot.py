@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mm.config import load_config
-from mm.zero_shot import check_modalities, class_embeddings, zero_shot, zero_shot_logits
+from mm.lowdata.zero_shot import check_modalities, class_embeddings, zero_shot, zero_shot_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["astronomy", "cooking", "football", "music"]

@@ -22,7 +22,7 @@ from mm.data.conll import read_conll
 from mm.data.errors import ManifestError, MediaError
 from mm.data.media import inside_path
 from mm.labels import ClassLabels, Codec, LabelError, MultiLabels, RegressionLabels, TagLabels, label_at
-from mm.runtime import seeded
+from mm.run.runtime import seeded
 
 SPLITS = ("train", "val", "test")
 ON_ERROR = ("raise", "skip")  # data.on_error

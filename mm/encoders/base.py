@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mm.checkpoint import weights_digest
+from mm.run.checkpoint import weights_digest
 
 TRAINABLE_POLICIES = ("frozen", "full")
 FROZEN_POLICIES = ("frozen", "linear_probe")  # the policies that never train the backbone
@@ -134,7 +134,7 @@ class Encoder(nn.Module):
         return getattr(self, "policy", None) in FROZEN_POLICIES and self.frozen
 
     def weights_digest(self) -> str:
-        """``mm.checkpoint.weights_digest`` of the backbone, recomputed only when a weight changed:
+        """``mm.run.checkpoint.weights_digest`` of the backbone, recomputed only when a weight changed:
         the memo is keyed on every tensor's storage and version counter, which any in-place write
         (an optimizer step, ``load_state_dict``, an edit under ``no_grad``) bumps."""
         stamp = tuple((k, t.data_ptr(), t._version) for k, t in self.backbone.state_dict().items())

@@ -1,7 +1,7 @@
 """What every audio encoder shares: reading a manifest's audio file and augmenting a wave.
 
 Augmentation draws from torch's global RNG; the dataset seeds it per sample and epoch
-(``mm.runtime.seeded``), so an augmented epoch is the same on every run and after a resume.
+(``mm.run.runtime.seeded``), so an augmented epoch is the same on every run and after a resume.
 """
 
 from __future__ import annotations

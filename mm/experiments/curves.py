@@ -15,15 +15,15 @@ A curve file is YAML; its first line is the command that runs it::
 
 A ``data`` curve has ``fractions: [0.01, 0.1, 1.0]`` (``data.train_fraction``) and ``policies:``
 (two or more named override sets, drawn side by side) instead of ``points``. A ``shots`` curve
-(the low-data end, ``mm.fewshot``) has ``shots: [1, 5, 20]`` (labelled examples per class) and
+(the low-data end, ``mm.lowdata.fewshot``) has ``shots: [1, 5, 20]`` (labelled examples per class) and
 ``methods:`` (named override sets trained by the loop, one or more), and optionally ``frozen:``
 (classifiers on frozen features: ``[prototype, logistic]`` by default, or ``{name, classifier,
 overrides}`` entries, e.g. a transferred encoder's features) and ``zero_shot:`` (``true`` or
-``{templates, names}``: the text k = 0 point, ``mm.zero_shot``); its seeds are the episodes. Each
+``{templates, names}``: the text k = 0 point, ``mm.lowdata.zero_shot``); its seeds are the episodes. Each
 (k, seed) episode is a dataset folder under ``episodes/`` whose training split is the nested k-shot
 set of that seed; trained runs train on it, the frozen classifiers fit on its rows of features
 extracted once. Its summary is the test metric's mean and 95 % interval over episodes per method
-and k (``mm.fewshot.summarize``). A point's or
+and k (``mm.lowdata.fewshot.summarize``). A point's or
 policy's overrides come after the curve's (and the command line's) overrides. The kinds are
 ``mm.experiments.spec.KINDS``: a new kind that sweeps another config value for each policy is one
 entry there.
@@ -52,10 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mm import fewshot, zero_shot
 from mm.config import Config, ConfigError, load_config
-from mm.experiments import reports
-from mm.experiments.reports import ERRORS
+from mm.experiments import summaries
 from mm.experiments.runner import run_cells, summary_charts, summary_config, tag_cells, write_atomic
 from mm.experiments.spec import (
     KINDS,
@@ -70,6 +68,8 @@ from mm.experiments.spec import (
     read_spec,
     resolve_base,
 )
+from mm.experiments.summaries import ERRORS
+from mm.lowdata import fewshot, zero_shot
 
 if TYPE_CHECKING:
     from mm.tracking import Tracker
@@ -177,9 +177,9 @@ def train_eval(run_dir: Path) -> dict[str, float]:
         return json.loads(path.read_text())
     from torch.utils.data import Subset
 
-    from mm.evaluation import evaluate, load_run
+    from mm.analysis.evaluation import evaluate, load_run
     from mm.prepare import prepare
-    from mm.runtime import train_subset
+    from mm.run.runtime import train_subset
 
     cfg, model, classes = load_run(run_dir, "best")
     # The training examples as they are, not augmented; frozen encoders' features come from the
@@ -193,7 +193,7 @@ def train_eval(run_dir: Path) -> dict[str, float]:
 
 
 def run_curve(curve: Curve, cells: list[Cell], out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Trains the runs not yet done (then measures their train error) and writes the reports.
+    """Trains the runs not yet done (then measures their train error) and writes the summary.
 
     An exception fails its run and the curve goes on; a KeyboardInterrupt stops the curve and
     leaves the run ``running``, to be rerun from a clean folder next time.
@@ -245,7 +245,7 @@ def run_row(cell: Cell, run_dir: Path, curve: Curve) -> dict[str, Any]:
 def write_reports(curve: Curve, rows: list[dict[str, Any]], out_dir: Path,
                   cfg: Config) -> tuple[list[dict[str, Any]], str]:
     """Writes results.csv, summary.csv, summary.md and curve.png; logs them to a W&B summary run."""
-    reports.write_csv(out_dir / "results.csv", rows)
+    summaries.write_csv(out_dir / "results.csv", rows)
     if not rows:
         return [], ""
     if curve.kind == "shots":
@@ -253,12 +253,12 @@ def write_reports(curve: Curve, rows: list[dict[str, Any]], out_dir: Path,
         markdown = fewshot.shots_markdown(curve.name, table, curve.metric, curve.seeds)
         plot = fewshot.shots_plot(curve.name, table, curve.metric, out_dir / "curve.png")
     else:
-        table = reports.curve_summary(curve, rows)
-        markdown = reports.curve_markdown(curve, table)
-        plot = reports.curve_plot(curve, table, out_dir / "curve.png")
-    reports.write_csv(out_dir / "summary.csv", table)
+        table = summaries.curve_summary(curve, rows)
+        markdown = summaries.curve_markdown(curve, table)
+        plot = summaries.curve_plot(curve, table, out_dir / "curve.png")
+    summaries.write_csv(out_dir / "summary.csv", table)
     write_atomic(out_dir / "summary.md", markdown)
-    reports.log_summary_run(out_dir, curve_dict(curve), cfg, group=curve.name, job_type="learning-curve-summary",
+    summaries.log_summary_run(out_dir, curve_dict(curve), cfg, group=curve.name, job_type="learning-curve-summary",
                             tables={"runs": rows, "summary": table}, images={"curve": plot})
     with summary_charts(out_dir, cfg, curve.name, "learning-curve-summary") as tracker:
         log_charts(tracker, curve, table)
@@ -285,7 +285,7 @@ def log_charts(tracker: Tracker, curve: Curve, table: list[dict[str, Any]]) -> N
                      title=f"{curve.name}: error = 1 - {curve.metric}, mean over seeds {curve.seeds}")
 
 
-# ---- Shots curves: the low-data end (mm.fewshot) ----
+# ---- Shots curves: the low-data end (mm.lowdata.fewshot) ----
 
 
 def shots_methods(curve: Curve) -> tuple[list[fewshot.FrozenMethod], zero_shot.ZeroShotMethod | None]:

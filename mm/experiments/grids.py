@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mm.config import Config, ConfigError
-from mm.experiments import reports
+from mm.experiments import summaries
 from mm.experiments.runner import (
     SHARDS,
     STATE,
@@ -328,17 +328,17 @@ def write_reports(grid: Grid, cells: list[Cell], state: dict[str, dict[str, Any]
                   metric: str, summary_run: bool = True) -> tuple[list[dict[str, Any]], str]:
     """Writes results.csv, summary.md and summary.png, and logs them to a W&B summary run if ``summary_run``."""
     rows = result_rows(cells, state)
-    reports.write_csv(out_dir / "results.csv", rows)
+    summaries.write_csv(out_dir / "results.csv", rows)
     if not rows:
         return rows, ""
     cfg = cells[0].cfg
-    table = reports.grid_summary(grid, cells, rows, metric)
-    summary = reports.grid_markdown(grid, table, metric, cfg.train.metric_mode)
+    table = summaries.grid_summary(grid, cells, rows, metric)
+    summary = summaries.grid_markdown(grid, table, metric, cfg.train.metric_mode)
     write_atomic(out_dir / "summary.md", summary)
-    plot = reports.grid_plot(grid, table, metric, out_dir / "summary.png")
+    plot = summaries.grid_plot(grid, table, metric, out_dir / "summary.png")
     if summary_run:
         summary_cfg = summary_config(cells[0], grid.name)
-        reports.log_summary_run(out_dir, grid_dict(grid, metric), summary_cfg, group=grid.name,
+        summaries.log_summary_run(out_dir, grid_dict(grid, metric), summary_cfg, group=grid.name,
                                 job_type="ablation-summary",
                                 tables={"summary": table}, images={"summary_plot": plot})
         with summary_charts(out_dir, summary_cfg, grid.name, "ablation-summary") as tracker:

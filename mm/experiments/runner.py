@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from mm.config import Config, ConfigError, load_config, to_yaml
 from mm.experiments.spec import ROOT, Cell, label_value
-from mm.runtime import pick_device
+from mm.run.runtime import pick_device
 
 if TYPE_CHECKING:
     from mm.tracking import Tracker

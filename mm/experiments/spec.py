@@ -96,7 +96,7 @@ KINDS = {
         "fractions", "data.train_fraction", "fraction", float,
         lambda f: isinstance(f, int | float) and 0 < f <= 1, "numbers in (0, 1]",
         "fraction of the training set (data.train_fraction), n = training examples")),
-    # k labelled examples per class: each run trains on an episode (mm.fewshot), the whole training split
+    # k labelled examples per class: each run trains on an episode (mm.lowdata.fewshot), the whole training split
     # of its own dataset folder, so data.train_fraction is the runner's (1) and never a method's.
     "shots": CurveKind("methods", "method", min_sets=1, sweep=Sweep(
         "shots", "data.train_fraction", "k", int,

@@ -31,9 +31,9 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 def default_job(config: str, overrides: list[str], steps: int):
     """A generator of labelled steps of the config's job (mm's own loop pieces)."""
     from mm.config import load_config
-    from mm.optim import build_optimizer
     from mm.prepare import prepare
-    from mm.runtime import epoch_batches, seed_everything
+    from mm.run.optim import build_optimizer
+    from mm.run.runtime import epoch_batches, seed_everything
     from mm.train import train_step
 
     cfg = load_config(config, [*overrides, "wandb.mode=disabled", "train.progress=false"])

@@ -38,7 +38,7 @@ def padding_rows(lengths: list[int], labels: list[Any] | None, batch_size: int, 
     """Per way of batching: padding share (and label share) per epoch, with median and range."""
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from mm.runtime import epoch_batches
+    from mm.run.runtime import epoch_batches
 
     def hf(epoch: int) -> list[list[int]]:
         order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(epoch))
@@ -94,9 +94,9 @@ def audio_lengths(folder: Path) -> tuple[list[int], list[Any]]:
 def data_path(modality: str, overrides: list[str], batches: int, reps: int) -> dict[str, Any]:
     """Loader samples/s (0 and 2 workers) and model-step samples/s for one modality, interleaved."""
     from mm.config import load_config
-    from mm.optim import build_optimizer
     from mm.prepare import prepare
-    from mm.runtime import epoch_batches
+    from mm.run.optim import build_optimizer
+    from mm.run.runtime import epoch_batches
 
     cfg = load_config(None, [*overrides, f"data.modalities=[{modality}]", f"encoders.{modality}.trainable=full",
                              "data.cache_features=off", "wandb.mode=disabled"])

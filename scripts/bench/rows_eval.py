@@ -3,7 +3,7 @@
 Contenders, interleaved, each over the same test split:
 - ``hand``: a hand-written ``torch.inference_mode`` loop over the run's model and mm's test batches
   (the reference: the model's own inference speed);
-- ``evaluate_fn``: ``mm.evaluation.evaluate`` in-process on the same loader (metrics included);
+- ``evaluate_fn``: ``mm.analysis.evaluation.evaluate`` in-process on the same loader (metrics included);
 - ``evaluate_cli``: ``python scripts/evaluate.py RUN --levels 0 --no-wandb`` (a new process: imports,
   loading the run, the clean and modality-removed evaluations, the robustness table);
 - ``predict_cli``: ``python scripts/predict.py RUN --input test.jsonl --output ...``.
@@ -25,7 +25,7 @@ from common import ROOT, interleave, ratios, row
 
 
 def measure(run_dir: Path, test_manifest: Path, reps: int) -> dict[str, list[dict[str, float]]]:
-    from mm.evaluation import evaluate, load_run
+    from mm.analysis.evaluation import evaluate, load_run
     from mm.prepare import prepare
 
     cfg, model, classes = load_run(run_dir)

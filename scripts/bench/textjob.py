@@ -87,7 +87,7 @@ def run_mm(job: TextJob, seed: int, bucket: bool = False) -> dict[str, float]:
 
 def _prepared(job: TextJob, seed: int, out: Path):
     from mm.prepare import prepare
-    from mm.runtime import seed_everything
+    from mm.run.runtime import seed_everything
 
     cfg = job.config(seed, out)
     seed_everything(cfg.seed, cfg.train.deterministic)  # as mm.train does: the same initial weights
@@ -96,7 +96,7 @@ def _prepared(job: TextJob, seed: int, out: Path):
 
 def run_hand(job: TextJob, seed: int) -> dict[str, float]:
     """The simplest correct loop: mm's model and batches, forward, loss, backward, clip, step."""
-    from mm.runtime import epoch_batches
+    from mm.run.runtime import epoch_batches
 
     with scratch() as out:
         cfg, prep = _prepared(job, seed, out)

@@ -5,7 +5,7 @@
 group (NCCL on GPUs, gloo on CPU). Without torchrun ``init`` returns a single-process ``Dist`` and
 every helper here is a no-op, so the loop reads the same either way.
 
-Batches: the epoch's global micro-batches come from ``mm.runtime.epoch_batches`` with the global
+Batches: the epoch's global micro-batches come from ``mm.run.runtime.epoch_batches`` with the global
 size (per-rank batch x world size); rank ``r`` takes the ``r``-th contiguous slice of each
 (``shard``). Evaluation splits are cut into ``world x k`` contiguous pieces so that every rank
 runs the same number of batches (FSDP needs that) and the gathered outputs come back in split

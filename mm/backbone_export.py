@@ -73,7 +73,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, checkpoin
         modality -> exported folder. ``out_dir/export.json`` records them with the run and the
         sources the encoders started from.
     """
-    from mm.evaluation import load_run
+    from mm.analysis.evaluation import load_run
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"

@@ -4,7 +4,7 @@ An episode (seed ``e``) orders each class's training examples by a seeded permut
 set is the first ``k`` of every class (``episode``), so the 1-shot set is inside the 2-shot set,
 and so on, and the curve measures what more examples add rather than which examples were drawn.
 
-Two classifiers fit on an episode's rows of the frozen features ``mm.shallow.extract_splits``
+Two classifiers fit on an episode's rows of the frozen features ``mm.lowdata.shallow.extract_splits``
 computes once per curve (``CLASSIFIERS``):
 
 - ``prototype``: nearest class mean. Each modality's block of the feature vector is scaled to unit
@@ -12,7 +12,7 @@ computes once per curve (``CLASSIFIERS``):
   goes to the nearest mean (squared Euclidean distance). Its own few lines rather than
   scikit-learn's ``NearestCentroid``, whose scores (since 1.5) divide each feature by its
   within-class standard deviation: undefined at one shot and not the prototype rule.
-- ``logistic``: ``mm.shallow.logistic_pipeline`` (standardised features, lbfgs) at a fixed
+- ``logistic``: ``mm.lowdata.shallow.logistic_pipeline`` (standardised features, lbfgs) at a fixed
   ``C`` = ``LOGISTIC_C``: no validation split chooses it, as none would exist with k labels.
 
 Both are scored by the classification head's own metrics on the class scores (``head_metrics``:
@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm import stats
+from mm.analysis import stats
 from mm.config import Config, ConfigError, DataConfig
 from mm.heads import ClassificationHead
-from mm.shallow import Features, extract_splits, logistic_pipeline
+from mm.lowdata.shallow import Features, extract_splits, logistic_pipeline
 
 LOGISTIC_C = 1.0
 EPISODE_SPLITS = ("train", "val", "test")
@@ -122,7 +122,7 @@ class Prototypes:
 
 @dataclass
 class Logistic:
-    """``mm.shallow.logistic_pipeline`` at ``LOGISTIC_C``; scores are log-probabilities."""
+    """``mm.lowdata.shallow.logistic_pipeline`` at ``LOGISTIC_C``; scores are log-probabilities."""
 
     pipeline: Any
     num_classes: int
@@ -325,7 +325,7 @@ def frozen_rows(cfg: Config, methods: Sequence[FrozenMethod], ks: Sequence[int],
 def summarize(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Per method and k, in row order: episodes, n_train, params, the mean (and sample std) of each
     error, and the val/test ``metric``'s mean with its 95 % Student-t interval over episodes
-    (``mm.stats.seed_interval``; NaN bounds for one episode)."""
+    (``mm.analysis.stats.seed_interval``; NaN bounds for one episode)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["k"]), []).append(row)

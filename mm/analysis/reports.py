@@ -4,7 +4,7 @@ Per class (classification, with a confusion-matrix plot), per label (multilabel)
 (token tagging): precision, recall, F1 and support. Also the predictions themselves
 (``test_predictions.npz``, in split order, for ``scripts/compare.py``), the 95 % bootstrap interval
 of the validation metric on test and, for classification, calibration: ECE and a reliability diagram
-(``mm.stats``). ``write_calibration`` reports temperature scaling (``scripts/evaluate.py --calibrate``).
+(``mm.analysis.stats``). ``write_calibration`` reports temperature scaling (``scripts/evaluate.py --calibrate``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from scipy.special import expit, softmax
 from sklearn.metrics import classification_report, confusion_matrix
 
-from mm import stats
+from mm.analysis import stats
 
 
 def write_classification_report(pred: np.ndarray, true: np.ndarray, classes: list, out_dir: Path,
@@ -131,7 +131,7 @@ def write_token_report(report: dict[str, dict[str, Any]], out_dir: Path, split: 
 
 
 def predictions(head: torch.nn.Module, head_name: str, outputs: dict[str, list], classes: list) -> stats.Predictions:
-    """A split's predictions (``mm.evaluation.evaluate``'s per-batch ``outputs``) as ``mm.stats.Predictions``:
+    """A split's predictions (``mm.analysis.evaluation.evaluate``'s per-batch ``outputs``) as ``mm.analysis.stats.Predictions``:
     logits as float32, token tags as the word-level tag ids ``TokenHead.decode`` reads."""
     names = [str(c) for c in classes]
     if head_name == "token":

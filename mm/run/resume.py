@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mm.distributed import Dist
+from mm.run.distributed import Dist
 
 # Keys that never change what a run computes.
 ALWAYS_ALLOWED = ("name", "train.resume", "train.resume_allow_changes", "train.progress", "train.plots",

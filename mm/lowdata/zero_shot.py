@@ -34,10 +34,10 @@ import torch
 from torch.nn import functional as F
 
 from mm.config import Config, ConfigError, to_dict, to_yaml
-from mm.fewshot import curve_row
+from mm.lowdata.fewshot import curve_row
+from mm.lowdata.shallow import Features, build_frozen_model, extract_features
 from mm.prepare import prepare
-from mm.runtime import pick_device
-from mm.shallow import Features, build_frozen_model, extract_features
+from mm.run.runtime import pick_device
 
 TEMPLATES = ("this is about {}.", "a text about {}.", "{}", "a sentence that mentions {}.")
 SCALE = 20.0
@@ -126,7 +126,7 @@ def zero_shot(cfg: Config, templates: Sequence[str] = TEMPLATES, names: dict[str
         cfg: a classification config with ``data.modalities=[text]``; its text encoder is used frozen.
         templates: the prompt templates, averaged.
         names: class label -> the words put into the templates (default: the label itself).
-        features: the splits' frozen features when already computed (``mm.shallow.extract_splits``).
+        features: the splits' frozen features when already computed (``mm.lowdata.shallow.extract_splits``).
         splits: the splits to classify.
 
     Raises:
@@ -154,12 +154,12 @@ def zero_shot(cfg: Config, templates: Sequence[str] = TEMPLATES, names: dict[str
 def write_run(cfg: Config, result: ZeroShot, run_dir: Path, wall_time_s: float) -> dict[str, Any]:
     """Write a zero-shot evaluation as a trained run writes its results: ``config.yaml``,
     ``classes.json``, ``results.json`` (val/test metrics, 0 trainable parameters) and the test
-    reports in ``report/`` (``mm.reports.write_test_reports``), also logged to W&B (job type ``zero-shot``).
+    reports in ``report/`` (``mm.analysis.reports.write_test_reports``), also logged to W&B (job type ``zero-shot``).
 
     Returns:
         The ``results.json`` content.
     """
-    from mm.reports import write_test_reports
+    from mm.analysis.reports import write_test_reports
     from mm.tracking import Tracker
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def run(cfg: Config, run_dir: Path, templates: Sequence[str] = TEMPLATES,
 
 @dataclass
 class ZeroShotMethod:
-    """A shots curve's k = 0 point: text zero-shot (``mm.zero_shot``) with these templates and class words."""
+    """A shots curve's k = 0 point: text zero-shot (``mm.lowdata.zero_shot``) with these templates and class words."""
 
     name: str = "zero_shot"
     templates: list[str] = field(default_factory=list)
@@ -224,7 +224,7 @@ def parse_zero_shot(raw: Any, path: Path) -> ZeroShotMethod | None:
 
 
 def zero_shot_row(cfg: Config, method: ZeroShotMethod, metric: str, run_dir: Path) -> dict[str, Any]:
-    """The k = 0 row: ``mm.zero_shot`` on val and test, also written as a run folder (``run_dir``)."""
+    """The k = 0 row: ``mm.lowdata.zero_shot`` on val and test, also written as a run folder (``run_dir``)."""
     t0 = time.perf_counter()
     result = zero_shot(cfg, method.templates, method.names)
     shutil.rmtree(run_dir, ignore_errors=True)

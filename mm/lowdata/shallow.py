@@ -26,7 +26,7 @@ from mm.config import Config
 from mm.data import training_classes
 from mm.model import MultimodalModel, build_model
 from mm.prepare import prepare
-from mm.runtime import train_subset
+from mm.run.runtime import train_subset
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 

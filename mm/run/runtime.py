@@ -2,7 +2,7 @@
 
 Everything here is a small pure helper that the training loop, the feature cache, evaluation,
 learning curves and baselines share; nothing here imports the loop, so no module needs the loop
-for a helper. Distributed helpers (rank, world size, sharding) live in ``mm.distributed``.
+for a helper. Distributed helpers (rank, world size, sharding) live in ``mm.run.distributed``.
 """
 
 from __future__ import annotations

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-from mm.checkpoint import WEIGHTS, load_weights, verify_checkpoint
 from mm.config import Config, load_config
-from mm.distributed import Dist, gather
 from mm.features import encode_with_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
-from mm.runtime import autocast, to_device
+from mm.run.checkpoint import WEIGHTS, load_weights, verify_checkpoint
+from mm.run.distributed import Dist, gather
+from mm.run.runtime import autocast, to_device
 
 if TYPE_CHECKING:
     from mm.tracking import Tracker
@@ -58,7 +58,7 @@ def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, p
     ``outputs`` when given).
 
     Under torchrun (``dist``) each rank's loader holds its contiguous share of the split
-    (``mm.distributed.eval_batches``); the shares are gathered in rank order, so every rank computes
+    (``mm.run.distributed.eval_batches``); the shares are gathered in rank order, so every rank computes
     the metrics of the whole split, each sample counted once.
     """
     model.eval()

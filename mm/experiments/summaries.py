@@ -5,7 +5,7 @@ t-interval, the best test mean in bold only when a paired test says it beats the
 ceilings beside) and ``summary.png`` (bars with the intervals). Curves: ``results.csv`` (one row
 per run), ``summary.csv`` and ``summary.md`` (mean ± std of each error over seeds) and
 ``curve.png``. Every std is the sample one (n - 1) over the seeds that finished; 0 for one seed.
-Intervals and tests are ``mm.stats``'s.
+Intervals and tests are ``mm.analysis.stats``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from mm import stats
+from mm.analysis import stats
 from mm.config import Config
 from mm.experiments.spec import KINDS, Cell, Curve, Grid, label_value
 
@@ -108,7 +108,7 @@ def rank(table: list[dict[str, Any]], col: str, mode: str) -> list[dict[str, Any
 
 def paired_p(a: dict[int, Path], b: dict[int, Path], metric: str) -> float:
     """The paired bootstrap p-value of two cells' runs (seed -> run folder) over the test examples of
-    their common seeds (``mm.stats.compare``); NaN when it cannot be computed (no common seed, test
+    their common seeds (``mm.analysis.stats.compare``); NaN when it cannot be computed (no common seed, test
     predictions missing, a metric without a per-example form, different test examples)."""
     seeds = sorted(set(a) & set(b))
     if not seeds or not all((run / stats.PREDICTIONS).is_file() for s in seeds for run in (a[s], b[s])):

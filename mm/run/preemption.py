@@ -4,7 +4,7 @@ flush the logs and exit with status ``128 + signal`` (143, 130, 138). ``--resume
 
 A signal only sets a flag, which the training loop reads between optimizer steps; a second signal
 while the checkpoint is being written sets it again and changes nothing (and the checkpoint is
-switched in atomically in any case, ``mm.checkpoint.save_checkpoint``).
+switched in atomically in any case, ``mm.run.checkpoint.save_checkpoint``).
 """
 
 from __future__ import annotations

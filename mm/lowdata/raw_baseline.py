@@ -4,7 +4,7 @@ The floor that mm's deep models must beat on a manifest folder. Images become th
 pixels resized to ``size`` x ``size`` and scaled to [0, 1]; audio (read with ``load_audio`` at
 16 kHz) becomes the per-mel mean and standard deviation over time of a 64-band log-mel spectrogram
 and of its deltas. Features of several modalities are concatenated in sorted order (an absent
-one is zeros). The fit is ``mm.shallow.fit_logistic``: standardised logistic regression for each
+one is zeros). The fit is ``mm.lowdata.shallow.fit_logistic``: standardised logistic regression for each
 ``C`` of a grid, the best validation accuracy chosen (the smallest ``C`` on ties), then tested.
 """
 
@@ -22,7 +22,7 @@ from PIL import Image
 
 from mm.data.audio_io import load_audio
 from mm.data.manifest import SPLITS, ManifestError, read_manifest
-from mm.shallow import Features, ShallowResult, fit_logistic
+from mm.lowdata.shallow import Features, ShallowResult, fit_logistic
 
 RAW_MODALITIES = ("image", "audio")
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)

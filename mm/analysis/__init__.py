@@ -1,0 +1,1 @@
+"""Result analysis: evaluation of a loader or a run folder, statistics, reports."""

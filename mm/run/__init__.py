@@ -1,0 +1,1 @@
+"""The pieces the training loop calls: runtime, checkpoints, resume, signals, ranks, optimizers."""
