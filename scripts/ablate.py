@@ -30,10 +30,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.config import ConfigError, load_config  # noqa: E402
-from mm.experiments.grids import (  # noqa: E402
+from mm.config import ConfigError, load_config
+from mm.experiments.grids import (
     Shard,
     expand,
     grid_state,
@@ -42,7 +40,7 @@ from mm.experiments.grids import (  # noqa: E402
     run_grid,
     sweep_config,
 )
-from mm.experiments.spec import Cell, Grid  # noqa: E402
+from mm.experiments.spec import Cell, Grid
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.data.synthetic import (  # noqa: E402
+from mm.data.synthetic import (
     CEILING_METRIC,
     TASKS,
     ceiling,
@@ -43,7 +41,7 @@ def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> st
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -76,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
             cells.append(cell)
         table.append(cells)
     print(format_table(header, table, args.markdown))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,9 +24,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.analysis.stats import PREDICTIONS, RESAMPLES, Interval, Predictions, compare, format_p  # noqa: E402
+from mm.analysis.stats import PREDICTIONS, RESAMPLES, Interval, Predictions, compare, format_p
 
 
 def find_runs(path: Path) -> dict[int | None, Path]:

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from mm.model import MultimodalModel
     from mm.prepare import Prepared
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -22,10 +22,8 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.config import ConfigError  # noqa: E402
-from mm.experiments.curves import expand, load_curve, run_curve  # noqa: E402
+from mm.config import ConfigError
+from mm.experiments.curves import expand, load_curve, run_curve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

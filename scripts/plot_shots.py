@@ -24,9 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.lowdata.fewshot import draw_shots  # noqa: E402
+from mm.lowdata.fewshot import draw_shots
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

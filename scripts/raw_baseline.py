@@ -20,11 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.data.manifest import ManifestError  # noqa: E402
-from mm.lowdata.raw_baseline import C_GRID, run_raw_baseline  # noqa: E402
-from mm.lowdata.shallow import markdown_table  # noqa: E402
+from mm.data.manifest import ManifestError
+from mm.lowdata.raw_baseline import C_GRID, run_raw_baseline
+from mm.lowdata.shallow import markdown_table
 
 COLUMNS = ["modalities", "features", "C", "val acc", "test acc", "val macro-F1", "test macro-F1", "wall time (s)"]
 

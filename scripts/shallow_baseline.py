@@ -23,9 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.config import ConfigError, load_config  # noqa: E402
+from mm.config import ConfigError, load_config
 
 COLUMNS = ["method", "trainable params", "val acc", "test acc", "val macro-F1", "test macro-F1", "wall time (s)"]
 

@@ -19,10 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm.data.validate import validate_dir  # noqa: E402
-from mm.labels import CODECS  # noqa: E402
+from mm.data.validate import validate_dir
+from mm.labels import CODECS
 
 
 def main(argv: list[str] | None = None) -> int:
