@@ -36,14 +36,14 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="per-process batch B of the N-process run")
     parser.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
     parser.add_argument("--out", type=Path, default=Path("runs/check_distributed"))
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     common = [*BASE, *args.overrides, f"train.out_dir={args.out}"]
     stamp = time.strftime("%H%M%S")
     one, many = f"one-{stamp}", f"{args.strategy}{args.nproc}-{stamp}"

@@ -14,6 +14,7 @@ feature extraction time for all 1797 pictures, and probe fitting time.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -60,12 +61,12 @@ def probe(features: np.ndarray, labels: np.ndarray, seeds: list[int]) -> tuple[l
     return scores, float(np.mean(seconds))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 96])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -92,7 +93,8 @@ def main() -> None:
                 f"{extract:>11.1f} {fit:>8.1f}",
                 flush=True,
             )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,49 +11,17 @@ capped at ``--per-class`` cookies, then the rows are shuffled and split into tes
 (defaults: 200 / 80 / 2,000). Length goes with the label (songs-poems median 36 words, the others
 16-19): a trap for length-grouped batching, and a reason to report per-class results. The folder
 gets ``{train,val,test}.jsonl`` with ``{"text", "label"}`` rows. Deterministic for a given ``--seed``.
-Used by the benchmark suite's text job (``scripts/bench/textjob.py``) and the real-text shots curve
-(``configs/curves/shots_text.yaml``).
+The builder is ``mm.data.fortunes.build_fortunes``, also used by the benchmark suite's text job
+(``scripts/bench/run.py``); the real-text shots curve reads the folder (``configs/curves/shots_text.yaml``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 from pathlib import Path
 
-FORTUNES = Path("/usr/share/games/fortunes")
-TOPICS = ("computers", "politics", "science", "songs-poems")
-
-
-def build_fortunes(out: Path, per_class: int = 570, n_val: int = 80, n_test: int = 200, seed: int = 0,
-                   source: Path = FORTUNES) -> Path:
-    """Write ``out/{train,val,test}.jsonl`` (``{"text", "label"}``) from the fortune topics; returns ``out``.
-
-    Raises:
-        FileNotFoundError: the ``fortunes`` package is not installed (``apt-get install -y fortunes``).
-    """
-    missing = [t for t in TOPICS if not (source / t).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{source}: no fortunes for {missing}; install them with "
-                                "`apt-get install -y fortunes`")
-    rng = random.Random(seed)
-    rows = []
-    for label in TOPICS:
-        cookies = (source / label).read_text(encoding="utf-8", errors="replace").split("\n%\n")
-        lines = [" ".join(c.split()) for c in cookies]
-        kept = [t for t in lines if 2 <= len(t.split()) <= 120]
-        rng.shuffle(kept)
-        rows += [{"text": t, "label": label} for t in kept[:per_class]]
-    rng.shuffle(rows)
-    splits = {"test": rows[:n_test], "val": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}
-    if not splits["train"]:
-        raise ValueError(f"{len(rows)} cookies leave no training rows after {n_test} test and {n_val} val rows")
-    out.mkdir(parents=True, exist_ok=True)
-    for split, part in splits.items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    return out
+from mm.data.fortunes import FORTUNES, build_fortunes
 
 
 def main(argv: list[str] | None = None) -> int:

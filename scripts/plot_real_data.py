@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,13 +39,13 @@ def collect(raw: Path, shallow: Path, grids: list[Path]) -> dict[str, dict[str, 
     return scores
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--shallow", type=Path, required=True)
     parser.add_argument("--grids", type=Path, nargs="+", required=True)
     parser.add_argument("--out", type=Path, default=Path("real_data.png"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import matplotlib
 
@@ -73,7 +74,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120, bbox_inches="tight")
     print(args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

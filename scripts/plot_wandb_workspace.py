@@ -6,7 +6,7 @@
 No W&B server or viewer with custom charts runs here (``wandb server start`` needs Docker and the
 ``wandb/local`` image), so this draws with matplotlib the panels of the workspace layout proposed
 for the README, from the offline files that ``wandb sync`` would upload (decoded by wandb-core, as
-the tests read them: ``tests/wandb_reader.py``):
+the tests read them: ``mm.wandb_offline``):
 
 - the grid's runs (job type ``ablation``, its W&B group): ``val/<metric>`` and ``train/loss``
   against ``global_step``, grouped by the grid's first key (mean line, min-max band);
@@ -32,13 +32,10 @@ from typing import Any
 
 import yaml
 
+from mm.experiments.spec import label_value
+from mm.wandb_offline import read_offline_run  # wandb 0.31 has no Python reader of offline runs
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the offline reader: wandb 0.31 has no Python one
-
-from wandb_reader import read_offline_run  # noqa: E402
-
-from mm.experiments.spec import label_value  # noqa: E402
 
 
 def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

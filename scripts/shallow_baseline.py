@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Shallow baseline: logistic regression on frozen pooled features, optionally against neural heads.
 
-    python scripts/shallow_baseline.py [CONFIG.yaml] [key=value ...] [--modalities text,image]
+    python scripts/shallow_baseline.py [CONFIG.yaml | --config CONFIG.yaml] [key=value ...] [--modalities text,image]
         [--C 0.01 0.1 1 10] [--max-iter 1000] [--neural] [--out DIR]
 
 Extracts the train/val/test features once with every encoder frozen, fits standardised logistic
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from mm.cli import add_config_arguments, config_and_overrides, fail
 from mm.config import ConfigError, load_config
 
 COLUMNS = ["method", "trainable params", "val acc", "test acc", "val macro-F1", "test macro-F1", "wall time (s)"]
@@ -30,13 +31,12 @@ COLUMNS = ["method", "trainable params", "val acc", "test acc", "val macro-F1", 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config_or_overrides", nargs="*", help="an optional YAML file, then key=value overrides")
-    parser.add_argument("--modalities", help="comma-separated subset of text,image,audio (sets data.modalities)")
+    add_config_arguments(parser)
     parser.add_argument("--C", type=float, nargs="+", default=None, help="inverse regularisation grid")
     parser.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations")
     parser.add_argument("--neural", action="store_true", help="also train linear-probe and MLP heads")
     parser.add_argument("--out", type=Path, default=Path("runs/shallow_baseline"))
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def neural_variants(modalities: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -51,14 +51,11 @@ def neural_variants(modalities: list[str]) -> dict[str, tuple[str, list[str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    items = list(args.config_or_overrides)
-    config = items.pop(0) if items and "=" not in items[0] else None
-    overrides = items + ([f"data.modalities=[{args.modalities}]"] if args.modalities else [])
     try:
+        config, overrides = config_and_overrides(args)
         cfg = load_config(config, overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, ValueError) as err:
+        return fail(err)
 
     from mm.lowdata.shallow import C_GRID, extract_splits, fit_logistic, markdown_table
     from mm.run.runtime import pick_device

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Zero-shot text classification: cosine similarity to class-name prompts, no training.
 
-    python scripts/zero_shot.py [CONFIG.yaml] [key=value ...] [--modalities text]
+    python scripts/zero_shot.py [CONFIG.yaml | --config CONFIG.yaml] [key=value ...] [--modalities text]
         [--template "this is about {}." ...] [--name LABEL=WORDS ...]
 
 Embeds every val and test text with the config's text encoder (frozen, mean-pooled: for
@@ -24,13 +24,13 @@ import json
 import sys
 from pathlib import Path
 
-from mm.config import ConfigError, load_config
+from mm.cli import add_config_arguments, fail, load_config_args
+from mm.config import ConfigError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config_or_overrides", nargs="*", help="an optional YAML file, then key=value overrides")
-    parser.add_argument("--modalities", help="sets data.modalities (zero-shot takes text only)")
+    add_config_arguments(parser, modalities_help="sets data.modalities (zero-shot takes text only)")
     parser.add_argument("--template", action="append", dest="templates", metavar="TEXT",
                         help="a prompt template with one {} (repeat for several; default: mm.lowdata.zero_shot.TEMPLATES)")
     parser.add_argument("--name", action="append", dest="names", default=[], metavar="LABEL=WORDS",
@@ -40,11 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    items = list(args.config_or_overrides)
-    config = items.pop(0) if items and "=" not in items[0] else None
-    overrides = items + ([f"data.modalities=[{args.modalities}]"] if args.modalities else [])
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config_args(args)
         if any("=" not in n for n in args.names):
             raise ConfigError(f"--name takes LABEL=WORDS, got {args.names}")
         names = dict(n.split("=", 1) for n in args.names)
@@ -53,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         zero_shot.check_modalities(cfg.data.modalities)
         templates = zero_shot.check_templates(args.templates or zero_shot.TEMPLATES)
     except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
 
     from mm.train import run_folder
 

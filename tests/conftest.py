@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import pytest
 # imports transformers or timm: any attempt to download fails instead of hanging on the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+# A test calls a script as the command line does, through its main(argv): ``import ablate``, then
+# ``ablate.main([...])``. scripts/ goes on sys.path here, once, instead of loading files by path:
+# the test gets the one module object the script's own imports and monkeypatching see, and a
+# script's name is checked by the import (no installed distribution shadows one).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
 @pytest.fixture(scope="session", autouse=True)

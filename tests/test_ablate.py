@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import itertools
 import json
 import statistics
 import sys
 from pathlib import Path
 
+import ablate
 import pytest
+import train as train_script
 import yaml
-from wandb_reader import read_offline_history, read_offline_run
 
 import mm.train as mm_train
 from mm.config import ConfigError, load_config
@@ -20,6 +20,7 @@ from mm.data.synthetic import ceiling
 from mm.experiments import grids
 from mm.experiments.spec import MAX_NAME, cell_name
 from mm.fusion import FUSIONS
+from mm.wandb_offline import read_offline_history, read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -31,13 +32,6 @@ NAMES = ["fusion.hidden_dim=16__seed=0", "fusion.hidden_dim=16__seed=1",
          "fusion.hidden_dim=32__seed=0", "fusion.hidden_dim=32__seed=1"]
 REAL_TRAIN = mm_train.train
 TIMING = {"wall_time_s", "throughput_samples_per_s", "peak_memory_mb", "peak_memory_kind"}
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -238,7 +232,7 @@ def test_cli_exits_1_when_a_cell_failed(grid_file, tmp_path, monkeypatch):
     failing = CountingTrain(fail={n: ValueError(f"boom {i}") for i, n in enumerate(NAMES)})
     monkeypatch.setattr(mm_train, "train", failing)
     out = tmp_path / "c"
-    assert load_script("ablate").main([str(grid_file), "--out", str(out)]) == 1
+    assert ablate.main([str(grid_file), "--out", str(out)]) == 1
     assert failing.names == NAMES
     state = json.loads((out / "state.json").read_text())["cells"]
     assert [(e["status"], e["error"]) for e in state.values()] == [("failed", f"ValueError: boom {i}") for i in range(4)]
@@ -259,7 +253,7 @@ def test_grid_errors_name_the_key_and_file(tmp_path, monkeypatch):
     monkeypatch.setattr(mm_train, "train", lambda cfg: pytest.fail("a cell ran before validation"))
     with pytest.raises(ConfigError, match=r"bad_value\.yaml: cell fusion\.name=nope__seed=0: .*'fusion\.name'"):
         grids.expand(grids.load_grid(bad_value), tmp_path)
-    assert load_script("ablate").main([str(bad_value), "--out", str(tmp_path / "o")]) == 2
+    assert ablate.main([str(bad_value), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
 
 
@@ -267,7 +261,7 @@ def test_sweep_export_gives_the_cells_configs(grid_file, tmp_path):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     sweep = tmp_path / "sweep.yaml"
-    assert load_script("ablate").main([str(grid_file), "--sweep", str(sweep), "train.epochs=1"]) == 0
+    assert ablate.main([str(grid_file), "--sweep", str(sweep), "train.epochs=1"]) == 0
     spec = yaml.safe_load(sweep.read_text())
     assert (spec["method"], spec["program"]) == ("grid", "scripts/train.py")
     assert spec["parameters"] == {"fusion.hidden_dim": {"values": [16, 32]}, "seed": {"values": [0, 1]}}
@@ -277,13 +271,12 @@ def test_sweep_export_gives_the_cells_configs(grid_file, tmp_path):
 
     # What `wandb agent` would run for each grid point is the cell's config (run name and folder aside, and
     # the W&B tags of the cell: a sweep's runs are told apart by their sweep and parameters).
-    train_cli = load_script("train")
     cells = grids.expand(grids.load_grid(grid_file, ["train.epochs=1"]), tmp_path)
     keys = list(spec["parameters"])
     for cell, combo in zip(cells, itertools.product(*(spec["parameters"][k]["values"] for k in keys)), strict=True):
         args = create_sweep_command_args({"args": {k: {"value": v} for k, v in zip(keys, combo, strict=True)}})
         argv = [*spec["command"][3:-1], *args["args_no_hyphens"]]
-        parsed = train_cli.parse_args(argv)
+        parsed = train_script.parse_args(argv)
         cfg = load_config(parsed.config, parsed.overrides)
         cfg.name, cfg.train.out_dir, cfg.train.progress = cell.cfg.name, cell.cfg.train.out_dir, False
         assert cfg.wandb.tags == [] and cell.cfg.wandb.tags == ["tiny", f"fusion.hidden_dim={combo[0]}"]
@@ -292,7 +285,7 @@ def test_sweep_export_gives_the_cells_configs(grid_file, tmp_path):
 
 
 def test_dry_run_prints_cells(grid_file, tmp_path, capsys):
-    assert load_script("ablate").main([str(grid_file), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert ablate.main([str(grid_file), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{i}/4 {n}" for i, n in enumerate(NAMES, 1)]
     assert not (tmp_path / "o").exists()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 import statistics
@@ -187,9 +186,7 @@ def test_curve_file_errors_name_the_file_and_key(tmp_path):
 
 
 def test_cli_dry_run_with_seeds(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("script_learning_curve", ROOT / "scripts" / "learning_curve.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import learning_curve as script
     path = write_curve(tmp_path / "tiny.yaml", DATA)
     assert script.main([str(path), "--out", str(tmp_path / "o"), "--dry-run", "--seeds", "7", "optim.lr=0.1"]) == 0
     assert capsys.readouterr().out.splitlines() == [

@@ -4,18 +4,17 @@ escape the dataset folder, undecodable files, wrong types, nonsense labels and m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import warnings
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import validate_data
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -310,13 +309,6 @@ def test_deep_validation_warns_about_conversions_duplicates_leaks_and_rare_class
                                                              "duplicate rows in train"]
 
 
-def load_validator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("script_validate_data", ROOT / "scripts" / "validate_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_validator(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "scripts/validate_data.py", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -371,7 +363,7 @@ def test_validate_data_script_exits_0_on_a_clean_dataset_and_2_on_a_bad_argument
                                             "  class with fewer than 2 training samples (2):",
                                             f"    {tmp_path}/train.jsonl:1: class 'p' has 1 training sample",
                                             f"    {tmp_path}/train.jsonl:2: class 'q' has 1 training sample"]
-    script = load_validator()
+    script = validate_data
     for bad in ([str(tmp_path / "nowhere")], [str(tmp_path), "--modalities", "image,,text"],
                 [str(tmp_path), "--head", "nonsense"]):
         with pytest.raises(SystemExit) as exit_:

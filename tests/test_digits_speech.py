@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
+import make_digits_speech
+import make_fortunes
 import numpy as np
 import pytest
+import raw_baseline
 import soundfile
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from mm.data import fortunes
 from mm.data.audio_io import load_audio
 from mm.data.manifest import ManifestError, read_manifest
 from mm.lowdata.raw_baseline import LogMelStats, image_features, modality_features, run_raw_baseline
@@ -23,17 +25,9 @@ from mm.lowdata.raw_baseline import LogMelStats, image_features, modality_featur
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def builder() -> ModuleType:
-    return load_script("make_digits_speech")
+    return make_digits_speech
 
 
 def tone_hz(word: str, words: tuple[str, ...]) -> float:
@@ -234,7 +228,7 @@ def test_raw_baseline_errors_name_the_line(tmp_path: Path) -> None:
 
 def test_raw_baseline_script_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_toy_manifest(tmp_path / "toy")
-    script = load_script("raw_baseline")
+    script = raw_baseline
     out = tmp_path / "res" / "results.json"
     assert script.main([str(tmp_path / "toy"), "--modalities", "image", "--C", "0.1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -246,10 +240,10 @@ def test_raw_baseline_script_writes_table_and_json(tmp_path: Path, capsys: pytes
 def test_make_fortunes_builds_a_seeded_text_manifest(tmp_path, capsys):
     """The real-text builder on a fake fortunes folder: length filter, per-class cap, disjoint
     seeded splits that mm reads, and a clear error without the package."""
-    script = load_script("make_fortunes")
+    script = make_fortunes
     source = tmp_path / "fortunes"
     source.mkdir()
-    for topic in script.TOPICS:
+    for topic in fortunes.TOPICS:
         cookies = [f"{topic} cookie number {i} " + "word " * (i % 7) for i in range(30)] + ["one", "x " * 130]
         (source / topic).write_text("\n%\n".join(cookies))
     out = tmp_path / "out"
@@ -258,9 +252,9 @@ def test_make_fortunes_builds_a_seeded_text_manifest(tmp_path, capsys):
     assert {s: len(r) for s, r in rows.items()} == {"train": 70, "val": 10, "test": 20}
     texts = [r["text"] for part in rows.values() for r in part]
     assert len(set(texts)) == 100 and all(2 <= len(t.split()) <= 120 for t in texts)  # "one" and the 130-word cut
-    assert sorted({r["label"] for r in rows["train"]}) == sorted(script.TOPICS)
+    assert sorted({r["label"] for r in rows["train"]}) == sorted(fortunes.TOPICS)
     first = (out / "train.jsonl").read_text()
-    script.build_fortunes(tmp_path / "again", 25, 10, 20, source=source)
+    fortunes.build_fortunes(tmp_path / "again", 25, 10, 20, source=source)
     assert (tmp_path / "again" / "train.jsonl").read_text() == first  # seeded
     assert script.main([str(tmp_path / "none"), "--source", str(tmp_path / "missing")]) == 2
     assert "apt-get install -y fortunes" in capsys.readouterr().err

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+import export_encoders
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -37,19 +37,12 @@ SMALL = [
 ]
 
 
-def export_script():
-    spec = importlib.util.spec_from_file_location("script_export_encoders", ROOT / "scripts" / "export_encoders.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_and_export(out: Path, policy: str) -> Path:
     """A 4-step run with every encoder under ``policy``, exported to its default folder."""
     policies = [f"encoders.{m}.trainable={policy}" for m in MODALITIES]
     results = train(load_config(None, [*SMALL, *policies, f"train.out_dir={out}"]))
     run_dir = Path(results["run_dir"])
-    assert export_script().main([str(run_dir)]) == 0
+    assert export_encoders.main([str(run_dir)]) == 0
     return run_dir
 
 
@@ -105,7 +98,7 @@ def test_exported_folder_reloads_the_trained_backbone_exactly(full_run: Path, mo
 
 
 def test_script_refuses_to_overwrite_without_the_flag(full_run: Path, tmp_path: Path, capsys) -> None:
-    script = export_script()
+    script = export_encoders
     capsys.readouterr()
     assert script.main([str(full_run), "--out", str(tmp_path / "e"), "--checkpoint", "last"]) == 0
     printed = capsys.readouterr().out.splitlines()

@@ -230,12 +230,8 @@ def test_shots_curve_file_errors(tmp_path):
 
 
 def test_plot_shots_draws_panels_with_an_overlay(shots, tmp_path):
-    import importlib.util
-
     _, out, _ = shots
-    spec = importlib.util.spec_from_file_location("plot_shots", Path(__file__).resolve().parents[1] / "scripts" / "plot_shots.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import plot_shots as script
     table = script.read_summary(out)
     assert [(g["method"], g["k"]) for g in table][:3] == [("zero_shot", 0), ("prototype", 1), ("prototype", 2)]
     assert isinstance(table[1]["test_accuracy"], float) and math.isnan(table[0]["test_accuracy_low"])

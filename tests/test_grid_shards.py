@@ -8,23 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ablate
 import pytest
 import yaml
 from test_ablate import (  # the grid tests' helpers, and their W&B folders in a temporary directory
     NAMES,
     CountingTrain,
-    load_script,
     offline_wandb,  # noqa: F401  (an autouse fixture)
     read_csv,
     without_timing,
     write_grid,
 )
 from test_ablate import TINY as ABLATE_TINY
-from wandb_reader import read_records
 
 import mm.train as mm_train
 from mm.config import load_config
 from mm.experiments import grids
+from mm.wandb_offline import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [o for o in ABLATE_TINY if o != "wandb.mode=offline"] + ["wandb.mode=disabled"]  # no W&B process per cell
@@ -86,7 +86,6 @@ def test_two_concurrent_shards_then_report_equal_the_whole_grid(reference, grid_
 
 
 def test_shard_must_be_i_of_n(grid_file, tmp_path, capsys):
-    ablate = load_script("ablate")
     out = tmp_path / "o"
     for bad in ("2/2", "3/2", "1/0", "-1/2", "1", "a/2", "0/2/3", ""):
         assert ablate.main([str(grid_file), "--out", str(out), f"--shard={bad}"]) == 2, bad
@@ -110,7 +109,6 @@ def test_shard_must_be_i_of_n(grid_file, tmp_path, capsys):
 
 def test_partial_grid_report_lists_missing_cells_and_shards_resume(reference, grid_file, tmp_path, monkeypatch,
                                                                     capsys):
-    ablate = load_script("ablate")
     out = tmp_path / "grid"
     args = [str(grid_file), "--out", str(out)]
 
@@ -176,7 +174,7 @@ def test_sweep_command_as_wandb_agent_builds_and_runs_it(tmp_path, monkeypatch):
         *overrides, "encoders.image.source=tiny-vit", "train.max_steps=1", "wandb.mode=offline"],
         grid={"data.modalities": [["text"], ["text", "image"]], "fusion.hidden_dim": [16, 32]})
     sweep = tmp_path / "sweep.yaml"
-    assert load_script("ablate").main([str(grid_file), "--sweep", str(sweep)]) == 0
+    assert ablate.main([str(grid_file), "--sweep", str(sweep)]) == 0
     spec = yaml.safe_load(sweep.read_text())
     assert (spec["project"], spec["program"], "entity" in spec) == ("mm", "scripts/train.py", False)
     cell = grids.expand(grids.load_grid(grid_file), tmp_path)[3]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import itertools
 import json
 from pathlib import Path
 
@@ -190,11 +190,10 @@ def tags_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_training_writes_the_per_entity_report(tags_run: dict):
-    from wandb_reader import read_offline_history
-
     from mm.analysis.evaluation import load_run
     from mm.data import resolve_dataset
     from mm.data.manifest import read_manifest
+    from mm.wandb_offline import read_offline_history
 
     run_dir = Path(tags_run["run_dir"])
     cfg, _, _ = load_run(run_dir)
@@ -226,9 +225,7 @@ def test_training_writes_the_per_entity_report(tags_run: dict):
 
 
 def test_predict_text_tags_each_word_of_a_token_run(tags_run: dict, capsys: pytest.CaptureFixture):
-    spec = importlib.util.spec_from_file_location("script_predict", ROOT / "scripts" / "predict.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import predict as script
     text = "two  small dogs sit beside a red   circle ."
     assert script.main([tags_run["run_dir"], "--text", text]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from train import parse_args
 
 from mm.config import load_config
 
@@ -21,11 +22,6 @@ def test_readme_has_train_commands():
 
 @pytest.mark.parametrize("command", train_commands())
 def test_readme_train_command_parses(command):
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from train import parse_args
-
     args = parse_args(shlex.split(command, comments=True)[2:])
     overrides = [o for o in args.overrides if "=" in o and "/data/" not in o]
     config = str(ROOT / args.config) if args.config else None

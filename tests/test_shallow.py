@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -95,9 +94,7 @@ def test_every_encoder_is_forced_frozen() -> None:
 
 
 def test_script_prints_one_comparison_table(tmp_path: Path, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("script_shallow_baseline", ROOT / "scripts" / "shallow_baseline.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import shallow_baseline as script
     args = ["data.task=shape", "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", *SIZES, "train.max_steps=2", "train.progress=false",
             "wandb.mode=disabled", "--modalities", "text,image", "--C", "0.1", "1", "--neural", "--out", str(tmp_path)]
     assert script.main(args) == 0

@@ -9,17 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import evaluate
 import numpy as np
 import pytest
 import torch
 from scipy.special import softmax
-from wandb_reader import read_offline_history, read_records
 
 from mm.analysis import stats
 from mm.config import load_config
 from mm.experiments import summaries as grid_reports
 from mm.experiments.spec import Grid
 from mm.heads import ClassificationHead, MultiLabelHead, RegressionHead, TokenHead
+from mm.wandb_offline import read_offline_history, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [  # tests/test_train.py's tiny synthetic settings
@@ -265,18 +266,9 @@ def test_compare_script_on_two_tiny_runs(two_runs: tuple[dict, dict]):
     assert bad.returncode == 2 and "neither a finished run folder" in bad.stderr
 
 
-def load_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_calibrate_fits_a_temperature_on_val(two_runs: tuple[dict, dict], capsys: pytest.CaptureFixture):
     run_dir = Path(two_runs[1]["run_dir"])
-    assert load_script("evaluate").main([str(run_dir), "--calibrate", "--levels", "0", "--no-wandb"]) == 0
+    assert evaluate.main([str(run_dir), "--calibrate", "--levels", "0", "--no-wandb"]) == 0
     out = capsys.readouterr().out.splitlines()
     result = json.loads(out[-1])["calibration"]
     assert json.loads((run_dir / "report" / "calibration.json").read_text()) == result
@@ -330,4 +322,4 @@ def test_multilabel_run_writes_a_per_label_report(tmp_path: Path):
         results["test"]["micro_f1"])
     assert results["test_ece"] is None and not (report_dir / "test_reliability.png").exists()
     assert stats.Predictions.load(report_dir / "test_predictions.npz").labels.shape == (32, len(classes))
-    assert load_script("evaluate").main([results["run_dir"], "--calibrate"]) == 2  # classification only
+    assert evaluate.main([results["run_dir"], "--calibrate"]) == 2  # classification only

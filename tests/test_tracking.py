@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from wandb_reader import read_offline_history, read_records
 
 from mm.tracking import Tracker, resolve_mode
+from mm.wandb_offline import read_offline_history, read_records
 
 # (step, metrics) as a training loop would log them: train rows, then val rows at the same step.
 SCRIPT = [

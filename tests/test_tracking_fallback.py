@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from wandb_reader import read_offline_history, read_records
 
 from mm.tracking import ID_FILE, ONLINE_INIT_TIMEOUT_S, probe_server
+from mm.wandb_offline import read_offline_history, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, like a real W&B key

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from wandb_reader import read_offline_history
 
 import mm.train as mm_train
 from mm.config import load_config
 from mm.data.synthetic import ceiling
+from mm.wandb_offline import read_offline_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [

@@ -1,6 +1,6 @@
 """W&B as a dashboard: native charts, group and tags of grid and curve runs, model artifacts, artifact references.
 
-There is no W&B server here: every W&B run is offline and read back from its files (``wandb_reader``).
+There is no W&B server here: every W&B run is offline and read back from its files (``mm.wandb_offline``).
 What an online run adds (the upload by ``wandb sync``, a real download) cannot run here; the download
 is tested against what the offline run staged for upload, through a stand-in for ``wandb.Api``.
 """
@@ -11,7 +11,6 @@ import base64
 import copy
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -20,10 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import predict
 import pytest
 import torch
 import yaml
-from wandb_reader import isolate_wandb, read_offline_run
+from wandb_reader import isolate_wandb
 
 import mm.train as mm_train
 from mm.analysis.evaluation import load_run
@@ -32,6 +32,7 @@ from mm.config import load_config, to_yaml
 from mm.experiments import curves, grids
 from mm.experiments.runner import cell_tags, is_done
 from mm.tracking import Tracker
+from mm.wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -345,13 +346,6 @@ def test_resolve_run_downloads_an_artifact_that_load_run_reads(logged, tmp_path,
     assert not same_weights(load_run(run_dir, "best")[1], load_run(run_dir, "last")[1])
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_predict_reads_an_artifact_reference_as_it_reads_the_run(logged, tmp_path, monkeypatch, capsys):
     import wandb
 
@@ -365,7 +359,6 @@ def test_predict_reads_an_artifact_reference_as_it_reads_the_run(logged, tmp_pat
     monkeypatch.setattr(mm.tracking, "check_server", lambda settings: None)
     monkeypatch.setattr(wandb, "Api", fake_api(run_dir, []))
     root, _ = resolve_dataset(load_run(run_dir)[0].data)
-    predict = load_script("predict")
     outputs = []
     for ref in (str(run_dir), f"wandb-artifact://ent/proj/model-{run_id}:best"):
         assert predict.main([ref, "--input", str(root / "test.jsonl")]) == 0

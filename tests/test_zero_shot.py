@@ -70,11 +70,7 @@ def test_minilm_zero_shot_accuracy_follows_from_the_construction(topics, tmp_pat
 
 
 def test_script_writes_results_and_reports_like_a_trained_run(topics, tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("zero_shot_script", ROOT / "scripts" / "zero_shot.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import zero_shot as script
     assert script.main([*overrides(topics, tmp_path), "name=topics", "--template", TEMPLATE]) == 0
     run = tmp_path / "topics"
     results = json.loads((run / "results.json").read_text())

@@ -4,7 +4,7 @@
     python scripts/bench/cache.py [--n-train 600] [--n-eval 120] [--epochs 4] [--threads 1] [--out runs/bench]
                                   [--fusions concat late ...] [--seeds 0 1] [--reps 1]
 
-(``scripts/bench_cache.py`` runs this too.) ``--reps N`` repeats the pair (cached from an empty
+``--reps N`` repeats the pair (cached from an empty
 cache, then uncached) N times, interleaved, and reports the median and range of the speedup; the
 benchmark suite (``scripts/bench/run.py``) runs a smaller grid that way.
 
@@ -44,8 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 FUSIONS = ["concat", "late", "gated", "attention", "tensor", "lowrank"]
 

@@ -3,7 +3,7 @@
 
     python scripts/bench/compiled.py [--reps 3] [--steps 60] [key=value ...]
 
-(``scripts/bench_compile.py`` runs this too; the suite, ``scripts/bench/run.py``, calls ``measure``.)
+(The suite, ``scripts/bench/run.py``, calls ``measure``.)
 
 Runs the same short training eager and through ``torch.compile``, interleaved (A B A B ...), and
 reports the median samples/s of the logging windows after the first 20 steps (compilation happens
@@ -46,12 +46,12 @@ def measure(reps: int, steps: int, overrides: list[str], log=print) -> dict[str,
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = measure(args.reps, args.steps, args.overrides)
     ratios = [c / e for c, e in zip(result["compiled"], result["eager"], strict=True)]
     print(f"compiled / eager: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}")

@@ -32,9 +32,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]  # bench/, scripts/ (make_fortunes), the repo
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
+
+# The suite's modules (common, textjob, rows_*) are imported as siblings: python puts scripts/bench/
+# first on sys.path when it runs this file; mm is the installed package.
 
 import torch  # noqa: E402
 from common import command_line, environment, log, ratios, row, summary, write_row  # noqa: E402
@@ -59,8 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def text_job(args: argparse.Namespace):
-    from make_fortunes import build_fortunes
     from textjob import TextJob
+
+    from mm.data.fortunes import build_fortunes
 
     if args.tiny:
         return TextJob("synthetic", source="tiny-bert", batch_size=8, steps=6, skip=2, max_length=32)
