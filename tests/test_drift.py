@@ -7,16 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import numpy as np
+from drift import main as drift_main
 from PIL import Image
 
 from mm.config import load_config
 from mm.data import resolve_dataset
 from mm.data.manifest import read_split
 from mm.serve.drift import mmd_permutation_test
-from scripts.drift import main as drift_main
 
 TINY = ["encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "data.task=color_animal",
         "data.modalities=[text,image]", "data.synthetic.n_train=96", "data.synthetic.n_val=32",
