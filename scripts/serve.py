@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     # A bad model folder fails here, before a port is opened (the workers load their own copy).
     if args.workers == 1:
         try:
-            model = load_model(settings)
+            model = load_model(settings.model, settings.threads)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

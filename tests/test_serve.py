@@ -220,6 +220,22 @@ def test_a_missing_modality_is_the_learned_missing_embedding(server, run):
         assert r.json()["probabilities"][c] == pytest.approx(p, abs=TOLERANCE)
 
 
+def test_explain_answers_each_modality_exact_shapley_value(server, run):
+    row = run["rows"][4]
+    r = requests.post(f"{server['url']}/predict?explain=true", data={"text": row["text"]}, files=files_of(run, row),
+                      headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    c = got["contributions"]
+    assert sorted(c["modalities"]) == ["audio", "image", "text"]
+    assert c["output"] == pytest.approx(got["probabilities"][got["label"]], abs=1e-5)
+    # efficiency: the modalities' values add up to the change from all-missing to all-present
+    assert sum(c["modalities"].values()) == pytest.approx(c["output"] - c["baseline"], abs=1e-5)
+    plain = requests.post(f"{server['url']}/predict", data={"text": row["text"]}, files=files_of(run, row),
+                          headers=AUTH, timeout=60).json()
+    assert "contributions" not in plain and plain["probabilities"] == got["probabilities"]
+
+
 # -- bad requests: each gets its 4xx with a message, and the server keeps serving ----------------------
 
 def _png(run) -> bytes:
@@ -309,13 +325,17 @@ def test_a_request_past_the_timeout_gets_504(server, run):
     good(server, run)
 
 
-def test_bad_model_folder_is_a_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, "scripts/serve.py", str(tmp_path / "nope")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "no such run folder" in proc.stderr
-    proc = subprocess.run([sys.executable, "scripts/serve.py", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "neither an mm run folder" in proc.stderr
+def test_bad_model_folder_or_flag_is_a_usage_error(tmp_path, capsys):
+    import serve
+
+    with pytest.raises(SystemExit) as exit_:
+        serve.main([str(tmp_path / "nope")])
+    assert exit_.value.code == 2 and "no such run folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        serve.main([str(tmp_path), "--max-batch", "0"])
+    assert exit_.value.code == 2 and "max-batch must be at least 1, got 0" in capsys.readouterr().err
+    assert serve.main([str(tmp_path)]) == 2
+    assert "neither an mm run folder (config.yaml) nor an export folder" in capsys.readouterr().err
 
 
 # -- last: SIGTERM stops the module's server ---------------------------------------------------------

@@ -31,14 +31,12 @@ requests in flight finish, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import secrets
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -49,6 +47,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+
+from mm.serve.batcher import Batcher, QueueFull
+from mm.serve.models import BadInput, answer, load_model
 
 PAGE = Path(__file__).parent / "page"
 ENV_SETTINGS = "MM_SERVE_SETTINGS"  # JSON of ``ServeSettings``, how uvicorn's worker processes get theirs
@@ -106,163 +107,6 @@ class ServeSettings:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
-class BadInput(ValueError):
-    """A request the model cannot take; its message goes back to the client with ``status``."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# -- the model behind the server -------------------------------------------------------------------
-
-class TorchModel:
-    """A trained run served through mm's own code: ``load_run``, the encoders' ``load`` and
-    ``collate`` (``Collator``) and ``mm.predict.decode``, exactly as ``scripts/predict.py`` does.
-
-    Attributes:
-        modalities: what the model takes, sorted.
-        media: the modalities sent as files.
-        head: the head's name.
-        classes: the class (or tag) names.
-        model_id: ``<run folder name>@<first 12 hex of the weights' sha256>``.
-    """
-
-    kind = "pytorch"
-
-    def __init__(self, run_dir: str | Path, threads: int | None = None) -> None:
-        import torch
-
-        from mm.analysis.evaluation import load_run
-        from mm.data.collate import Collator
-        from mm.run.checkpoint import WEIGHTS
-
-        if threads:
-            torch.set_num_threads(threads)
-        run_dir = Path(run_dir)
-        self.cfg, self.model, self.classes = load_run(run_dir)
-        self.encoders = dict(self.model.encoders)
-        self.modalities = sorted(self.encoders)
-        self.media = [m for m in self.modalities if self.encoders[m].media]
-        self.head = self.cfg.head.name
-        self.collator = Collator(self.modalities, self.encoders, head=self.head)
-        digest = hashlib.sha256((run_dir / "checkpoints" / "best" / WEIGHTS).read_bytes()).hexdigest()
-        self.model_id = f"{run_dir.resolve().name}@{digest[:12]}"
-
-    def load(self, modality: str, value: Any, root: Path) -> Any:
-        """One value decoded by its encoder (a text, or a file name inside ``root``)."""
-        return self.encoders[modality].load(value, root, train=False)
-
-    def predict(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One forward over ``samples`` (modality -> decoded value; ``words`` for a token head)."""
-        import torch
-
-        from mm.predict import decode
-
-        batch_samples = []
-        for i, s in enumerate(samples):
-            sample = {"index": i, **{m: s[m] for m in self.modalities if m in s}}
-            if self.head == "token":
-                sample["words"], sample["label"] = s["words"], [0] * len(s["words"])
-            else:
-                sample["label"] = 0  # a placeholder the forward never reads
-            batch_samples.append(sample)
-        batch = self.collator(batch_samples)
-        with torch.inference_mode():
-            logits = self.model(batch)
-        words = [s["words"] for s in samples] if self.head == "token" else None
-        return decode(self.head, logits, batch, self.classes, words)
-
-
-def load_model(settings: ServeSettings) -> TorchModel:
-    """The model ``settings.model`` names: an mm run folder."""
-    path = Path(settings.model)
-    if (path / "config.yaml").is_file():
-        return TorchModel(path, settings.threads)
-    raise FileNotFoundError(f"{path} is neither an mm run folder (config.yaml) nor an export folder")
-
-
-def answer(head: str, pred: dict[str, Any]) -> dict[str, Any]:
-    """``mm.predict.decode``'s dict in the server's words."""
-    if head == "token":
-        return {"tokens": pred["tokens"], "tags": pred["prediction"]}
-    if head == "regression":
-        return {"value": pred["prediction"]}
-    return {"label": pred["prediction"], "probabilities": pred["probabilities"]}
-
-
-# -- dynamic batching ------------------------------------------------------------------------------
-
-class QueueFull(Exception):
-    """More requests than ``max_queue`` are in the server."""
-
-
-class Batcher:
-    """Admits at most ``max_queue`` requests and runs their samples in batches of up to ``max_batch``.
-
-    The first sample of a batch waits at most ``max_wait_s`` for others; the forward runs in one
-    background thread so the event loop keeps answering (and refusing) meanwhile.
-    """
-
-    def __init__(self, predict: Any, max_batch: int, max_wait_s: float, max_queue: int) -> None:
-        self.predict, self.max_batch, self.max_wait_s, self.max_queue = predict, max_batch, max_wait_s, max_queue
-        self.admitted = 0
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
-        self.task: asyncio.Task | None = None
-        self.batches = self.samples = 0
-
-    def admit(self) -> None:
-        """Count one request in, or raise ``QueueFull``; ``release`` counts it out."""
-        if self.admitted >= self.max_queue:
-            raise QueueFull
-        self.admitted += 1
-
-    def release(self) -> None:
-        self.admitted -= 1
-
-    async def submit(self, sample: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """The sample's prediction and the size of the batch it ran in."""
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self.run())
-        future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((sample, future))
-        return await future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
-            batch = [(s, f) for s, f in batch if not f.done()]  # a request that timed out is skipped
-            if not batch:
-                continue
-            try:
-                preds = await loop.run_in_executor(self.executor, self.predict, [s for s, _ in batch])
-            except Exception as err:  # the batch fails together; the server goes on
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(err)
-                continue
-            self.batches, self.samples = self.batches + 1, self.samples + len(batch)
-            for (_, f), pred in zip(batch, preds, strict=True):
-                if not f.done():
-                    f.set_result((pred, len(batch)))
-
-
 # -- request limits ---------------------------------------------------------------------------------
 
 class Guard:
@@ -317,6 +161,8 @@ class Guard:
 # -- the app ----------------------------------------------------------------------------------------
 
 PREDICT_BODY = {  # the OpenAPI description of the multipart form /predict reads by hand
+    "parameters": [{"name": "explain", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+                    "description": "also answer each modality's contribution (exact Shapley values, mm.explain)"}],
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object",
         "properties": {
@@ -353,7 +199,7 @@ class State:
         """Load the model (unless given) and run one warm-up sample, then mark the process ready."""
         try:
             if self.model is None:
-                self.model = load_model(self.settings)
+                self.model = load_model(self.settings.model, self.settings.threads)
             warm = {"text": "warm up"} if "text" in self.model.modalities else {}
             if self.model.head == "token":
                 warm["words"] = ["warm", "up"]
@@ -429,9 +275,15 @@ def create_app(settings: ServeSettings, model: Any = None, load_in_background: b
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith("multipart/form-data") and not ctype.startswith("application/x-www-form-urlencoded"):
             raise HTTPException(415, f"send multipart/form-data (fields: {', '.join(m.modalities)}), not {ctype or 'no content type'!r}")
+        explain = request.query_params.get("explain", "").lower() in ("1", "true", "yes")
+        if explain and not (m.head == "classification" and getattr(m, "explains", False)):
+            raise HTTPException(422, f"explain=true needs a classification model served from its run folder "
+                                f"(this one: {m.head}, {m.kind})")
         async with request.form(max_files=len(m.media) + 1, max_fields=len(m.modalities) + 2,
                                 max_part_size=4 * settings.max_text_chars + 1024) as form:
             sample, missing = await run_in_thread_decode(form, m)
+        if explain:
+            sample["explain"] = True
         pred, size = await state.batcher.submit(sample)
         return {**answer(m.head, pred), "batch_size": size, "missing": missing}
 

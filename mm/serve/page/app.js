@@ -2,6 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+let explain = false; // a classification model from a run folder answers per-modality contributions
 const keyHeader = () => ($("api-key").value ? { "X-API-Key": $("api-key").value } : {});
 
 async function loadInfo() {
@@ -10,6 +11,7 @@ async function loadInfo() {
   if (!r.ok) { $("model-id").textContent = "(not ready)"; setTimeout(loadInfo, 1000); return; }
   const info = await r.json();
   $("model-id").textContent = info.model;
+  explain = info.head === "classification" && info.kind === "pytorch";
   for (const m of ["text", "image", "audio"]) $(m + "-row").hidden = !info.modalities.includes(m);
   $("about").textContent = `This model takes ${info.modalities.join(", ")} (${info.head}); ` +
     "a modality left out is read as missing.";
@@ -53,7 +55,12 @@ function show(answer) {
   $("meta").textContent = `model ${answer.model}, ${answer.latency_ms.toFixed(1)} ms, batch of ${answer.batch_size}${missing}`;
   // The slot for per-modality contributions (mm/explain): drawn when the server sends them.
   $("contributions").hidden = !answer.contributions;
-  if (answer.contributions) bars($("contrib-chart"), answer.contributions, null);
+  if (answer.contributions) {
+    const c = answer.contributions;
+    bars($("contrib-chart"), c.modalities, null);
+    $("contrib-note").textContent = `${c.measure}: ${c.baseline.toFixed(3)} with every modality missing, ` +
+      `${c.output.toFixed(3)} with what was sent; each bar is a modality's exact Shapley share of the change.`;
+  }
 }
 
 $("predict-form").addEventListener("submit", async (event) => {
@@ -66,7 +73,7 @@ $("predict-form").addEventListener("submit", async (event) => {
   }
   $("submit").disabled = true;
   try {
-    const r = await fetch("/predict", { method: "POST", body: form, headers: keyHeader() });
+    const r = await fetch(explain ? "/predict?explain=true" : "/predict", { method: "POST", body: form, headers: keyHeader() });
     const body = await r.json().catch(() => ({ detail: r.statusText }));
     if (!r.ok) throw new Error(`${r.status}: ${typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`);
     show(body);
