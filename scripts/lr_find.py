@@ -12,6 +12,13 @@ the suggested rates as overrides to paste, and writes ``lr_find.png`` (the curve
 ``lr_find.json`` (every step) into ``--out``. It is its own short run: it writes no run folder and
 no checkpoint. When the loss never falls at any rate it says so and suggests nothing.
 
+With ``--grid GRID.yaml`` it runs the range test of every variant of a grid (each combination of
+its values; the config and overrides then come from the grid) and writes ``--write FILE``: the same
+grid with each variant at its own suggested rates (``mm.search.fair``), for comparing strategies
+each at its own best learning rate:
+
+    python scripts/lr_find.py --grid configs/ablations/real_transfer_policies.yaml --write runs/fair/policies.yaml
+
 Exit status: 0 with a suggestion for every part; 1 when some part got none (does not learn, or
 diverged at once); 2 on an invalid config.
 """
@@ -38,7 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=0.9, help="smoothing of the loss (moving average weight)")
     parser.add_argument("--min-drop", type=float, default=0.1, help="least relative fall of the loss that counts as learning")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/lr_find/<config stem>)")
+    parser.add_argument("--grid", type=Path, help="range-test every variant of this grid file instead")
+    parser.add_argument("--write", type=Path, help="with --grid: the grid file to write, each variant at its own rates")
+    parser.add_argument("--which", choices=("steepest", "min_tenth"), default="steepest",
+                        help="with --grid: which suggestion the written grid uses")
     args = parser.parse_intermixed_args(argv)
+    sweep = {"start_lr": args.start_lr, "end_lr": args.end_lr, "steps": args.steps, "beta": args.beta,
+             "min_drop": args.min_drop}
+    if args.grid is not None:
+        return fair(args, sweep)
     try:
         cfg = load_config_args(args)
         config, extra = config_and_overrides(args)
@@ -68,6 +83,26 @@ def main(argv: list[str] | None = None) -> int:
         print("paste (minimum/10): " + " ".join(result["suggest_min_tenth"]))
     print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.json'}")
     return 1 if any(c.reason for c in curves) else 0
+
+
+def fair(args: argparse.Namespace, sweep: dict) -> int:
+    """``--grid``: the range test of each variant of a grid, written as a grid at its own rates."""
+    from mm.experiments.grids import load_grid
+    from mm.search.fair import fair_grid, own_rates
+
+    if args.write is None:
+        return fail("--grid needs --write FILE (the grid to write)")
+    try:
+        grid = load_grid(args.grid, list(args.overrides))
+        rates = own_rates(grid, args.which, log=lambda s: print(s, file=sys.stderr), **sweep)
+    except ConfigError as err:
+        return fail(err, 1 if "no rate for" in str(err) else 2)
+    command = f"python scripts/lr_find.py --grid {args.grid} --write {args.write} --which {args.which}"
+    out = fair_grid(grid, rates, args.write, command)
+    for label, extra in rates.items():
+        print(f"{label}: {' '.join(extra)}")
+    print(f"wrote {out}; run it with: python scripts/ablate.py {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Hyper-parameter search with Optuna: each trial an mm run, bad trials pruned early, resumable.
 
-    python scripts/search.py SEARCH.yaml [--out DIR] [--worker K] [--report] [--dry-run] [key=value ...]
+    python scripts/search.py SEARCH.yaml [--out DIR] [--storage URL] [--worker K] [--report] [--dry-run] [key=value ...]
 
 Examples:
     python scripts/search.py configs/search/lr_synthetic.yaml
@@ -11,8 +11,8 @@ Examples:
 
 The search file format is described in ``mm/search/spec.py``. Trials train as subprocess cells
 (``python -m mm.experiments.cell``) into ``<out>/runs/trial=<n>__seed=<s>``; the study is in
-``<out>/study.db`` (SQLite) unless the file names an RDB ``storage`` URL, which lets processes on
-several machines share it. Rerunning the same command after a kill continues the study: finished
+``<out>/study.db`` (SQLite) unless the file (or ``--storage``) names an RDB URL, which lets
+processes on several machines share it (``scripts/slurm/search_workers.sbatch``). Rerunning the same command after a kill continues the study: finished
 trials are kept, a killed one is retried. At the end (and with ``--report``) the folder gets
 ``trials.csv``, ``trials.md``, ``best.yaml`` (first line: the command that trains it),
 ``history.png``, ``intermediate.png`` and ``importance.png``. ``--worker K`` offsets the sampler's
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/search.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("search", help="search YAML file, e.g. configs/search/lr_synthetic.yaml")
     parser.add_argument("--out", type=Path, help="search folder (default: runs/search/<name>)")
+    parser.add_argument("--storage", help="an RDB URL (postgresql://...) shared by several machines; overrides the file's")
     parser.add_argument("--worker", type=int, default=0, help="this process's index among those sharing the study")
     parser.add_argument("--report", action="store_true", help="run nothing: write the tables and plots")
     parser.add_argument("--dry-run", action="store_true", help="check the file and print the space, run nothing")
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         search = read_search(args.search, args.overrides)
+        if args.storage is not None:
+            if "://" not in args.storage:
+                raise ConfigError(f"--storage must be an RDB URL such as postgresql://user:password@host/db, "
+                                  f"got {args.storage!r}")
+            search.storage = args.storage
         if args.worker < 0:
             raise ConfigError("--worker must be >= 0")
     except ConfigError as err:

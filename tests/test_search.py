@@ -282,3 +282,38 @@ def test_two_processes_split_the_trials_of_one_sqlite_study(tmp_path: Path) -> N
     assert all(s == "FAIL" for n, s, _, _ in rows if n in surplus)
     assert len({p for n, s, _, p in rows if s == "COMPLETE"}) == 4  # the workers drew different values
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"trial={n}__seed=0" for n in finished)
+
+
+# ---------------------------------------------------------------- fair comparisons
+
+
+def test_fair_grid_gives_each_variant_its_own_rates(tmp_path: Path) -> None:
+    from mm.experiments.grids import expand, load_grid
+    from mm.search.fair import fair_grid, variants
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"overrides": TASK, "grid": {
+        "strategy": {"frozen": ["encoders.image.trainable=frozen"], "full": ["encoders.image.trainable=full"]},
+        "train.batch_size": [8, 16]}, "seeds": [0, 1]}))
+    grid = load_grid(path)
+    labels = [label for label, _ in variants(grid)]
+    assert labels == ["strategy=frozen,train.batch_size=8", "strategy=frozen,train.batch_size=16",
+                      "strategy=full,train.batch_size=8", "strategy=full,train.batch_size=16"]
+    rates = {label: [f"optim.lr={0.001 * (i + 1):g}"] for i, label in enumerate(labels)}
+    out = fair_grid(grid, rates, tmp_path / "fair.yaml", "test")
+    assert out.read_text().splitlines()[0] == f"# python scripts/ablate.py {out}"
+    fair = load_grid(out)
+    assert fair.seeds == [0, 1] and fair.name == "grid_own_lr"
+    cells = expand(fair, tmp_path / "runs")
+    lr = {(c.values["variant"], c.seed): (c.cfg.optim.lr, c.cfg.train.batch_size,
+                                          c.cfg.encoders.image.trainable) for c in cells}
+    assert lr[("strategy=full,train.batch_size=8", 1)] == (0.003, 8, "full")
+    assert lr[("strategy=frozen,train.batch_size=16", 0)] == (0.002, 16, "frozen")
+    assert len(cells) == 8
+
+
+def test_slurm_search_workers_script_parses_and_shares_one_storage() -> None:
+    path = ROOT / "scripts" / "slurm" / "search_workers.sbatch"
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    text = path.read_text()
+    assert 'python scripts/search.py "$spec" --storage "$storage" --worker "$worker" &' in text

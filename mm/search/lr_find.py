@@ -175,13 +175,17 @@ def _step(job: Any, optimizer: Any, part: str, cfg: Any) -> Callable[[float], fl
     from mm.run.runtime import autocast, to_device
 
     model, device = job.model, job.device
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    for g in optimizer.param_groups:  # the other part stays as built: no gradient, no backward through it
+        if g["name"].split("/")[0] != part:
+            for p in g["params"]:
+                p.requires_grad_(False)
+    trainable = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     batches = _forever(job, cfg.train.batch_size, cfg.seed)
     model.train()
 
     def one_step(lr: float) -> float:
         for g in optimizer.param_groups:
-            g["lr"] = lr if g["name"].split("/")[0] == part else 0.0
+            g["lr"] = lr if g["name"].split("/")[0] == part else 0.0  # (and no gradient: frozen above)
         batch = to_device(next(batches), device)
         with autocast(device, cfg.train.precision):
             logits = model(batch, outputs=encode_with_cache(model, batch))
