@@ -75,6 +75,7 @@ class TextEncoderConfig(PolicyConfig):
     pooling: str = "mean"  # mean | cls
     stride: int = 16  # token tagging: pieces shared by the overlapping windows over a longer sentence
     prompt_tokens: int = 20  # trainable=prompt: learned vectors in front of the input (mm.encoders.prompt)
+    word_features: bool | None = None  # token head: word-shape (casing) features; None = auto: on where the tokenizer lowercases
 
 
 @dataclass
@@ -131,6 +132,8 @@ class HeadConfig:
     name: str = "classification"  # classification | multilabel | regression | token (see mm.heads)
     top_k: list[int] = field(default_factory=lambda: [5])  # classification: top-k accuracies (k < classes)
     loss: str = "mse"  # regression: mse | l1
+    crf: bool = False  # token: a linear-chain CRF trained jointly (log-likelihood), decoded by Viterbi (mm.crf)
+    constrained: bool = True  # token: decode only the tag transitions the scheme (BIO / IOBES) allows
 
 
 @dataclass

@@ -174,48 +174,90 @@ class RegressionHead(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """Token tagging (NER): a linear layer on every token, cross-entropy on the labelled ones.
+    """Token tagging (NER): a linear layer on every token, cross-entropy (or a CRF) on the labelled ones.
 
     Consumes per-token features ``[B, T, D]`` (a token fusion such as ``text_tokens``). Labels sit
     on the first word piece of each word; -100 elsewhere is ignored. Metrics are computed on the
     word-level tag sequences read back from those first pieces: entity-level precision, recall and
     F1 (``seqeval``, CoNLL rules: exact span and type) and ``accuracy`` (tags right per word).
 
+    Word features (``word_features > 0``): each piece's word-shape id (``batch["word_shape"]``,
+    ``mm.encoders.word_features``) is embedded and joined to its vector before the tag layer, so an
+    uncased encoder still sees capitals. Decoding (``decode_tags``): with ``crf``, Viterbi over a
+    linear-chain CRF trained jointly on the sentence log-likelihood (``mm.crf``); else with
+    ``constrained``, Viterbi over the per-word log-probabilities restricted to the transitions the
+    tag scheme (BIO or IOBES, read from the tag names) allows, so every sequence is valid; else
+    each word's most likely tag on its own.
+
     Args:
         in_dim: size of the per-token features.
         num_classes: number of tags.
         tags: the tag names (``O``, ``B-PER``, ...), index = tag id.
+        label_smoothing: cross-entropy label smoothing (without a CRF).
+        word_features: size of the word-shape embedding; 0 = none.
+        crf: a CRF layer (loss: negative log-likelihood per word; decoding: Viterbi).
+        constrained: decode over the allowed transitions only.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, tags: Sequence[str], label_smoothing: float = 0.0):
+    def __init__(self, in_dim: int, num_classes: int, tags: Sequence[str], label_smoothing: float = 0.0,
+                 word_features: int = 0, crf: bool = False, constrained: bool = True):
         super().__init__()
+        from mm.crf import CRF
+        from mm.encoders.word_features import WordFeatures
+
         self.label_smoothing = label_smoothing
         if len(tags) != num_classes:
             raise ValueError(f"{len(tags)} tag names for {num_classes} classes")
         self.num_classes = num_classes
         self.tags = list(tags)
-        self.linear = nn.Linear(in_dim, num_classes)
+        self.constrained = constrained
+        self.word_features = WordFeatures(word_features) if word_features > 0 else None
+        self.batch_keys = ("word_shape",) if self.word_features is not None else ()  # what forward reads from the batch
+        self.linear = nn.Linear(in_dim + word_features, num_classes)
+        self.crf = CRF(self.tags, constrained=constrained) if crf else None
 
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+    def forward(self, fused: torch.Tensor, word_shape: torch.Tensor | None = None) -> torch.Tensor:
         if fused.dim() != 3:
             raise ValueError(f"the token head needs per-token features [B, T, D], got shape {tuple(fused.shape)}; "
                              "use a token fusion (fusion.name=text_tokens)")
+        if self.word_features is not None:
+            if word_shape is None:
+                raise ValueError("the token head has word features: pass the batch's word_shape [B, T]")
+            shape = self.word_features(word_shape.to(fused.device)).to(fused.dtype)  # [B, T, dim]
+            fused = torch.cat([fused, shape], -1)  # [B, T, D + dim]
         return self.linear(fused)  # [B, T, num_classes]
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        if self.crf is not None:  # negative log-likelihood of the gold sequences, per word
+            from mm.crf import first_pieces
+
+            emissions, tags, mask = first_pieces(logits, batch["label"])
+            return -self.crf.log_likelihood(emissions, tags, mask).sum() / mask.sum().clamp_min(1)
         # [B, T, C] -> [B*T, C] against [B*T]; -100 positions are ignored
         return F.cross_entropy(logits.float().flatten(0, 1), batch["label"].flatten(), ignore_index=IGNORE_INDEX,
                                label_smoothing=self.label_smoothing)
+
+    @torch.no_grad()
+    def decode_tags(self, logits: torch.Tensor, first: torch.Tensor) -> list[list[int]]:
+        """Per row, the predicted tag id of each word: ``logits [B, T, C]`` read at the pieces where
+        ``first`` (``Bool[B, T]``: each word's first piece) holds, decoded as the head decodes."""
+        from mm.crf import constrained_decode, first_pieces
+
+        marks = torch.where(first, 0, IGNORE_INDEX)
+        scores, _, mask = first_pieces(logits.float(), marks)  # [B, W, C]
+        if self.crf is not None:
+            return self.crf.decode(scores, mask)
+        if self.constrained:
+            return constrained_decode(scores.log_softmax(-1), mask, self.tags)
+        return [row[:n] for row, n in zip(scores.argmax(-1).tolist(), mask.sum(1).tolist(), strict=True)]
 
     def decode(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[list[list[str]], list[list[str]]]:
         """Word-level ``(true, predicted)`` tag sequences, one per sample, from the labelled pieces."""
         true_seqs, pred_seqs = [], []
         for out, lab in zip(logits, labels, strict=True):
-            pred = out.argmax(-1)  # [B, T]
-            for pred_row, lab_row in zip(pred.tolist(), lab.tolist(), strict=True):
-                keep = [(t, p) for t, p in zip(lab_row, pred_row, strict=True) if t != IGNORE_INDEX]
-                true_seqs.append([self.tags[t] for t, _ in keep])
-                pred_seqs.append([self.tags[p] for _, p in keep])
+            for pred_row, lab_row in zip(self.decode_tags(out, lab != IGNORE_INDEX), lab.tolist(), strict=True):
+                true_seqs.append([self.tags[t] for t in lab_row if t != IGNORE_INDEX])
+                pred_seqs.append([self.tags[p] for p in pred_row])
         return true_seqs, pred_seqs
 
     def metrics(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> dict[str, float]:
@@ -239,7 +281,8 @@ HEADS = {"classification": ClassificationHead, "multilabel": MultiLabelHead, "re
 
 
 def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | None = None,
-               top_k: Sequence[int] = (5,), loss: str = "mse", label_smoothing: float = 0.0) -> nn.Module:
+               top_k: Sequence[int] = (5,), loss: str = "mse", label_smoothing: float = 0.0,
+               word_features: int = 0, crf: bool = False, constrained: bool = True) -> nn.Module:
     """Build a head from the registry.
 
     Args:
@@ -250,6 +293,9 @@ def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | 
         top_k: ``classification``: the k of the top-k accuracies (those >= ``num_classes`` left out).
         loss: ``regression``: ``mse`` or ``l1``.
         label_smoothing: ``classification`` and ``token``: cross-entropy label smoothing.
+        word_features: ``token``: size of the word-shape embedding joined to each word (0 = none).
+        crf: ``token``: a linear-chain CRF layer, trained jointly, decoded by Viterbi.
+        constrained: ``token``: decode only the transitions the tag scheme allows.
     """
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; valid: {sorted(HEADS)}")
@@ -260,5 +306,6 @@ def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | 
     if name == "token":
         if classes is None:
             raise ValueError("the token head needs the tag names (classes)")
-        return TokenHead(in_dim, num_classes, tags=[str(c) for c in classes], label_smoothing=label_smoothing)
+        return TokenHead(in_dim, num_classes, tags=[str(c) for c in classes], label_smoothing=label_smoothing,
+                         word_features=word_features, crf=crf, constrained=constrained)
     return HEADS[name](in_dim, num_classes)

@@ -14,6 +14,7 @@ from mm.data import picture_side
 from mm.encoders import build_encoder
 from mm.encoders.base import EncoderOutput
 from mm.encoders.policies import apply_policy, enable_grad_checkpointing
+from mm.encoders.word_features import SHAPE_DIM
 from mm.fusion import build_fusion
 from mm.heads import build_head
 
@@ -90,7 +91,9 @@ class MultimodalModel(nn.Module):
         its modalities."""
         present = self.presence(batch)
         outputs = self.fill_missing(self.encode(batch, outputs), present)
-        return self.head(self.fusion(outputs, present))
+        fused = self.fusion(outputs, present)
+        # a head may read more of the batch (the token head's word shapes): it names the keys
+        return self.head(fused, **{k: batch[k] for k in getattr(self.head, "batch_keys", ())})
 
 
 def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> MultimodalModel:
@@ -119,8 +122,11 @@ def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> M
             raise ValueError(f"linear_probe needs fusion.name=concat, not {cfg.fusion.name!r}")
         fusion_kwargs["num_layers"] = 0
     fusion = build_fusion(cfg.fusion.name, {m: e.out_dim for m, e in encoders.items()}, **fusion_kwargs)
+    # the token head joins word-shape features where the text encoder resolved them on (an uncased tokenizer)
+    shape_dim = SHAPE_DIM if getattr(encoders.get("text"), "word_features", False) else 0
     head = build_head(cfg.head.name, fusion.out_dim, num_classes, classes=classes, top_k=cfg.head.top_k,
-                      loss=cfg.head.loss, label_smoothing=cfg.train.label_smoothing)
+                      loss=cfg.head.loss, label_smoothing=cfg.train.label_smoothing, word_features=shape_dim,
+                      crf=cfg.head.crf, constrained=cfg.head.constrained)
     return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.data.modality_dropout)
 
 

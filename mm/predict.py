@@ -16,8 +16,10 @@ from mm.labels import build_codec
 
 
 def decode(head_name: str, logits: torch.Tensor, batch: dict[str, Any], classes: list,
-           words: list[list[str]] | None = None) -> list[dict[str, Any]]:
-    """One prediction dict per sample of a batch."""
+           words: list[list[str]] | None = None, head: torch.nn.Module | None = None) -> list[dict[str, Any]]:
+    """One prediction dict per sample of a batch; token tags are decoded as ``head`` decodes them
+    (``TokenHead.decode_tags``: Viterbi with a CRF or over the allowed transitions), else each word's
+    most likely tag."""
     out = []
     if head_name == "classification":
         probs = logits.float().softmax(-1)
@@ -32,11 +34,13 @@ def decode(head_name: str, logits: torch.Tensor, batch: dict[str, Any], classes:
     elif head_name == "regression":
         out = [{"prediction": float(v)} for v in logits.float().reshape(-1)]
     else:  # token: the tag of each word's first piece
-        pred = logits.argmax(-1)
         first = batch["label"] != -100  # [B, T] first pieces of words
+        if head is not None and hasattr(head, "decode_tags"):
+            pred = head.decode_tags(logits, first)
+        else:
+            pred = [row[mask].tolist() for row, mask in zip(logits.argmax(-1), first, strict=True)]
         for i, ws in enumerate(words or []):
-            tags = [classes[t] for t in pred[i][first[i]].tolist()]
-            out.append({"tokens": ws, "prediction": tags})
+            out.append({"tokens": ws, "prediction": [classes[t] for t in pred[i]]})
     return out
 
 
@@ -57,5 +61,5 @@ def predict_rows(run_dir: str | Path, rows: list[dict], root: str | Path, batch_
         logits = model(batch)
         idx = batch["index"].tolist()
         words = [ds.words[i] for i in idx] if cfg.head.name == "token" else None
-        for i, pred in zip(idx, decode(cfg.head.name, logits, batch, classes, words), strict=True):
+        for i, pred in zip(idx, decode(cfg.head.name, logits, batch, classes, words, model.head), strict=True):
             yield {"id": rows[i].get("id", i), **pred}

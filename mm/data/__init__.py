@@ -13,12 +13,15 @@ from mm.labels import build_codec, label_vocabulary
 from mm.paths import cache_dir
 
 
-def resolve_dataset(cfg: DataConfig) -> tuple[Path, str]:
+def resolve_dataset(cfg: DataConfig, head: str | None = None) -> tuple[Path, str]:
     """The manifest folder and the label key a data config points at.
 
     ``dataset: synthetic`` generates (once, cached) the benchmark and reads ``labels.<task>``;
     anything else is a folder with ``train/val/test.jsonl`` labelled at ``label_key``, or a folder
     with the CoNLL files ``train/val/test.txt`` (token tagging), whose rows are labelled at ``tags``.
+    For ``head="token"`` with ``label_key`` left at its default (``label``), a JSONL manifest is read
+    at ``tags`` as documented (``tokens`` and ``tags`` per row), unless its first training row has a
+    ``label``.
     """
     if cfg.dataset == "synthetic":
         from mm.data.synthetic import TASKS, ensure_synthetic
@@ -29,11 +32,32 @@ def resolve_dataset(cfg: DataConfig) -> tuple[Path, str]:
     root = Path(cfg.dataset).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data.dataset: {root} is neither 'synthetic' nor a folder")
-    if not (root / "train.jsonl").is_file() and (root / "train.txt").is_file():
-        from mm.data.conll import TAGS_KEY
+    from mm.data.conll import TAGS_KEY
 
+    if not (root / "train.jsonl").is_file() and (root / "train.txt").is_file():
+        return root, TAGS_KEY
+    if head == "token" and cfg.label_key == DEFAULT_LABEL_KEY and "label" not in _first_row(root / "train.jsonl"):
         return root, TAGS_KEY
     return root, cfg.label_key
+
+
+DEFAULT_LABEL_KEY = "label"  # data.label_key's default
+
+
+def _first_row(path: Path) -> dict:
+    """The first JSON object of a manifest ({} when there is none or it does not parse: the data
+    check reports that with its line)."""
+    import json
+
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    return row if isinstance(row, dict) else {}
+    except (OSError, ValueError):
+        pass
+    return {}
 
 
 def training_classes(cfg: DataConfig, head: str = "classification") -> list:
@@ -44,7 +68,7 @@ def training_classes(cfg: DataConfig, head: str = "classification") -> list:
         kind = TASKS[cfg.task].kind if cfg.task in TASKS else head
         if kind != head:
             raise ValueError(f"synthetic task {cfg.task!r} needs head.name={kind}, not {head!r}")
-    root, label_key = resolve_dataset(cfg)
+    root, label_key = resolve_dataset(cfg, head)
     return label_vocabulary(head, read_split(root, "train"), label_key)
 
 
@@ -68,7 +92,7 @@ def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
     """
     if classes is None:
         classes = training_classes(cfg, head)
-    root, label_key = resolve_dataset(cfg)
+    root, label_key = resolve_dataset(cfg, head)
     codec = build_codec(head, classes)
     used = {m: encoders[m] for m in cfg.modalities}
     splits = {s: ManifestDataset(root, s, used, label_key, classes, codec=codec, augment=augment and s == "train",

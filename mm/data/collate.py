@@ -21,7 +21,8 @@ class Collator:
 
     For the ``token`` head, samples carry ``words`` and word-level tag ids: the words are tokenized
     as pre-split words and ``label`` becomes ``Long[B, T]``, each word's tag on its first word
-    piece and -100 (ignored) on other pieces, special tokens and padding.
+    piece and -100 (ignored) on other pieces, special tokens and padding; ``word_shape`` (``Long[B, T]``)
+    holds each piece's word-shape id where the text encoder gives them (``mm.encoders.word_features``).
 
     Args:
         modalities: the modalities of the model.
@@ -46,7 +47,10 @@ class Collator:
         for m in self.modalities:
             batch["present"][m] = torch.tensor([m in s for s in samples], dtype=torch.bool)
             if m == TEXT and self.head == "token":
-                batch[m], word_ids = self.encoders[m].tokenize_words([s["words"] for s in samples])
+                words = [s["words"] for s in samples]
+                batch[m], word_ids = self.encoders[m].tokenize_words(words)
+                if hasattr(self.encoders[m], "word_shapes"):  # casing features for the token head
+                    batch["word_shape"] = self.encoders[m].word_shapes(words, word_ids)  # [B, T]
                 aligned = [align_word_labels(ids, s["label"]) for ids, s in zip(word_ids, samples, strict=True)]
                 batch["label"] = torch.tensor(aligned)  # [B, T]
             else:

@@ -239,16 +239,36 @@ def _check_classes(report: Report, labelled: dict[str, list[tuple[dict, Any]]], 
                                split=split)
 
 
+def _missing_labels(report: Report, missing: list[tuple[str, dict]], total: int, key: str, head: str) -> None:
+    """Rows without a label at ``key``: one problem with the count, where, and the fix (the key the
+    rows seem to carry their label at), not one line per row."""
+    split, first = missing[0]
+    if len(missing) == 1:
+        report.problem(first["_where"], f"no label at key '{key}'", split=split)
+        return
+    keys = Counter(k for _, row in missing for k in row if not k.startswith("_"))
+    likely = [k for k in ("tags", "label", "labels") if k != key and keys[k] == len(missing)]
+    if head == "token" and likely[:1] != ["tags"] and "tags" in keys:
+        likely.insert(0, "tags")
+    fix = (f"the rows have '{likely[0]}': set data.label_key={likely[0]}" if likely
+           else f"set data.label_key to the key of the label (the rows have: {', '.join(sorted(keys)[:8])})")
+    places = ", ".join(row["_where"] for _, row in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    report.problem("", f"no label at key '{key}' in {len(missing)} of {total} rows ({places}); {fix}", split=split)
+
+
 def _check_labels(report: Report, splits: dict[str, list[dict]], key: str, head: str) -> None:
     labelled: dict[str, list[tuple[dict, Any]]] = {}
+    missing: list[tuple[str, dict]] = []
     for split, rows in splits.items():
         labelled[split] = []
         for row in rows:
             value = label_at(row, key)
             if value is None:
-                report.problem(row["_where"], f"no label at key '{key}'", split=split)
+                missing.append((split, row))
             else:
                 labelled[split].append((row, value))
+    if missing:
+        _missing_labels(report, missing, sum(len(rows) for rows in splits.values()), key, head)
     if head == "classification":
         _check_classes(report, labelled, key)
         return
@@ -364,7 +384,7 @@ def check_dataset(data_cfg: Any, modalities: list[str] | None = None, head_name:
     """
     from mm.data import resolve_dataset  # the package imports this module's neighbours, not this one
 
-    root, label_key = resolve_dataset(data_cfg)
+    root, label_key = resolve_dataset(data_cfg, head_name)
     report = validate_dir(root, list(modalities or data_cfg.modalities), label_key, head_name,
                           data_cfg.allow_outside_paths, deep)
     if data_cfg.on_error == "skip":

@@ -19,6 +19,7 @@ from mm.data.media import text_value
 from mm.encoders.base import Encoder, EncoderOutput, masked_mean
 from mm.encoders.prompt import SoftPrompt
 from mm.encoders.sources import resolve_source
+from mm.encoders.word_features import lowercases, piece_shapes
 
 POOLINGS = ("mean", "cls")
 
@@ -73,12 +74,16 @@ class TextEncoder(Encoder):
             Hugging Face tokenizers and of the NER pipeline; capped at half a window.
         prompt_tokens: the soft prompt's length under ``trainable=prompt`` (``mm.encoders.prompt``);
             the prompt itself is added by that policy, never here.
+        word_features: token tagging: each word's shape (casing, digits, punctuation;
+            ``mm.encoders.word_features``) is embedded and joined to its vector before the tag layer.
+            None (auto): on where the tokenizer lowercases (all-MiniLM-L6-v2, ``bert-base-uncased``),
+            off where the checkpoint is cased. ``self.word_features`` holds the resolved value.
     """
 
     modality = "text"
 
     def __init__(self, source: str, trainable: str = "frozen", max_length: int = 64, pooling: str = "mean",
-                 stride: int = 16, prompt_tokens: int = 20):
+                 stride: int = 16, prompt_tokens: int = 20, word_features: bool | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
@@ -103,6 +108,7 @@ class TextEncoder(Encoder):
         if self.window - self.n_prefix - self.n_suffix < 1:
             raise ValueError(f"max_length={max_length} leaves no room for text beside the special tokens")
         self.prompt_tokens = prompt_tokens
+        self.word_features = lowercases(self.tokenizer) if word_features is None else bool(word_features)
         self.prompt: SoftPrompt | None = None  # set by the prompt policy (mm.encoders.policies)
         self.set_trainable(trainable)
 
@@ -200,6 +206,12 @@ class TextEncoder(Encoder):
             verbose=False,  # no "longer than the maximum" warning: encode reads long sentences in windows
         )
         return dict(encoding), [encoding.word_ids(i) for i in range(len(words_batch))]
+
+    @staticmethod
+    def word_shapes(words_batch: list[list[str]], word_ids: list[list[int | None]]) -> torch.Tensor:
+        """``Long[B, T]``: each piece's word-shape id (``mm.encoders.word_features``; 0 on special
+        tokens and padding), from the words and the ``word_ids`` ``tokenize_words`` returns."""
+        return torch.tensor([piece_shapes(list(words), ids) for words, ids in zip(words_batch, word_ids, strict=True)])
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """Per-piece features ``[B, T, D]`` of a batch, read in overlapping windows when ``T`` exceeds
