@@ -53,24 +53,32 @@ def start_server(run_dir: Path, *flags: str, log: Path) -> tuple[subprocess.Pope
     pytest.fail(f"server not ready in 300 s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def tiny_run() -> dict:
+    """A tiny text+image+audio run trained once per test session (kept under ``$MM_CACHE``, which
+    conftest makes per session), shared by this module and test_serve_browser.py."""
     import mm.train as mm_train
     from mm.config import load_config
+    from mm.data import resolve_dataset
+    from mm.data.manifest import read_manifest
 
-    out = tmp_path_factory.mktemp("serve_runs")
+    out = Path(os.environ["MM_CACHE"]) / "serve-runs"
     cfg = load_config(None, [
         "data.modalities=[text,image,audio]", "data.synthetic.n_train=64", "data.synthetic.n_val=16",
         "data.synthetic.n_test=16", "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit",
         "encoders.audio.encoder=spectrogram", "encoders.audio.source=tiny-cnn", "train.max_steps=2",
         "train.progress=false", "wandb.mode=disabled", f"train.out_dir={out}",
     ])
-    result = mm_train.train(cfg)
-    from mm.data import resolve_dataset
-    from mm.data.manifest import read_manifest
-
+    done = out / "run_dir.txt"
+    if not done.is_file():
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(str(mm_train.train(cfg)["run_dir"]))
     root, _ = resolve_dataset(cfg.data)
-    return {"run_dir": Path(result["run_dir"]), "root": root, "rows": read_manifest(root / "test.jsonl")}
+    return {"run_dir": Path(done.read_text()), "root": root, "rows": read_manifest(root / "test.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def run():
+    return tiny_run()
 
 
 @pytest.fixture(scope="module")
