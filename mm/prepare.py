@@ -8,6 +8,7 @@ the frozen-feature cache, and loaders. They get them here, written once.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from mm.config import Config
 from mm.data import build_splits, training_classes
 from mm.data.collate import Collator
+from mm.data.validate import check_dataset
 from mm.features import use_feature_cache
 from mm.labels import build_codec
 from mm.model import MultimodalModel, build_model
@@ -59,6 +61,21 @@ class Prepared:
         return DataLoader(data, collate_fn=self.collate,
                           num_workers=self.cfg.data.num_workers, generator=torch.Generator(),
                           pin_memory=self.device.type == "cuda", **kwargs)
+
+
+def check_data(cfg: Config, warn: bool = True) -> None:
+    """Check a dataset folder before any model is built: every problem at once, naming file and line
+    (``mm.data.validate``; the val and test files are decoded now too, training files as training goes).
+    Warnings go to stderr when ``warn``; the synthetic benchmark needs no check.
+
+    Raises:
+        ManifestError: listing the problems.
+    """
+    if cfg.data.dataset == "synthetic":
+        return
+    report = check_dataset(cfg.data, cfg.data.modalities, cfg.head.name, deep=("val", "test"))
+    if report.warnings and warn:
+        print(report.format(), file=sys.stderr)
 
 
 def prepare(cfg: Config, classes: list | None = None, model: MultimodalModel | None = None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 1
-    if results.get("rank", 0) != 0:  # under torchrun, rank 0 reports the job
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports the job
         return 0
     summary = {"run_dir": results["run_dir"], "best_step": results["best_step"],
                "val": results["val"], "test": results["test"], "wall_time_s": results["wall_time_s"]}

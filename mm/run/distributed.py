@@ -68,6 +68,12 @@ def rank_device(device: torch.device, d: Dist) -> torch.device:
     return torch.device("cuda", d.local_rank) if d.enabled and device.type == "cuda" else device
 
 
+def seed_ranks(seed: int, d: Dist) -> None:
+    """Under torchrun, a different torch seed per rank for a fresh run, so dropout masks differ between ranks."""
+    if d.enabled:
+        torch.manual_seed(seed + 7919 * d.rank)
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

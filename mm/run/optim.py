@@ -59,7 +59,7 @@ def fusable(params: list[nn.Parameter]) -> bool:
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer over ``param_groups``. Adam and AdamW use torch's fused kernels where they can
     (``fusable``): one pass over each tensor instead of several, 8x faster steps for MiniLM on a CPU
-    (BENCHMARKS.md), and a step that can skip itself on the device (``NonFiniteGuard``)."""
+    (BENCHMARKS.md), and a step that can skip itself on the device (``mm.run.guard.NonFiniteGuard``)."""
     groups = param_groups(model, cfg)
     if not groups:
         raise ValueError("the model has no trainable parameters")
@@ -94,56 +94,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.schedule)
     )
-
-
-class NonFiniteGuard:
-    """Skips every optimizer update whose gradient norm is not finite, and counts the skipped steps.
-
-    A fused Adam / AdamW (without fp16's GradScaler) skips on the device: the norm's finiteness goes
-    to the kernel as ``optimizer.found_inf`` (what ``torch.amp.GradScaler`` hands fused optimizers),
-    which then leaves weights, moments and step count untouched, and the counters are tensors on the
-    device too, so a step needs no host synchronisation. Other optimizers and fp16 read the norm on
-    the host each step, as they must (fp16's scaler skips its own overflows and lowers its scale).
-    ``read`` brings the counters to the host, once per logging window and at checkpoints.
-
-    Args:
-        optimizer: the run's optimizer.
-        scaler: the run's GradScaler (enabled with fp16).
-        device: where the gradients are.
-        skipped: steps skipped before (a resumed run's count).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device,
-                 skipped: int = 0):
-        self.optimizer, self.scaler = optimizer, scaler
-        zero = torch.zeros((), device=device)
-        self.skipped, self.run, self.longest = zero + skipped, zero.clone(), zero.clone()
-
-    @property
-    def on_device(self) -> bool:
-        """Whether the skip happens on the device (read each step: a resumed optimizer state may set ``fused``)."""
-        return not self.scaler.is_enabled() and all(g.get("fused") for g in self.optimizer.param_groups)
-
-    def step(self, norm: torch.Tensor) -> None:
-        """Apply the update unless ``norm`` (the gradients' total norm, unscaled) is not finite."""
-        if self.on_device:
-            bad = (~torch.isfinite(norm)).float()
-            self.optimizer.found_inf = bad  # the fused kernel skips the whole step when it is 1
-            self.optimizer.step()
-        else:  # one host sync per step: the finiteness decides whether to step at all
-            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-            finite = bool(torch.isfinite(norm))
-            if finite or self.scaler.is_enabled():
-                self.scaler.step(self.optimizer)  # fp16: the scaler itself skips a non-finite update
-            self.scaler.update()
-            bad = torch.tensor(float(not finite or (scale is not None and self.scaler.get_scale() < scale)))
-            bad = bad.to(self.skipped.device)
-        self.skipped += bad
-        self.run = (self.run + bad) * bad  # steps skipped in a row, 0 after an applied one
-        torch.maximum(self.longest, self.run, out=self.longest)
-
-    def read(self) -> tuple[int, int]:
-        """(steps skipped in all, the longest run of them in a row since the last read); a host sync."""
-        skipped, longest = int(self.skipped), int(self.longest)
-        self.longest.copy_(self.run)
-        return skipped, longest

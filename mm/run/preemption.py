@@ -13,6 +13,9 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
+from mm.run import distributed
+from mm.run.distributed import Dist
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
@@ -46,6 +49,11 @@ class StopSignals:
     def __init__(self) -> None:
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
+
+    def agreed(self, d: Dist) -> bool:
+        """Whether to stop now: a signal reached this process, or (under torchrun) any rank (a collective)."""
+        stop = self.requested is not None
+        return distributed.mean(float(stop), d) > 0 if d.enabled else stop
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = signum

@@ -10,14 +10,19 @@ count, W&B settings) may always differ.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from mm.run import distributed
+from mm.run.checkpoint import WEIGHTS, load_weights, resume_point
 from mm.run.distributed import Dist
+from mm.run.state import TrainState
+from mm.run.stopping import EarlyStopping
 
 # Keys that never change what a run computes.
 ALWAYS_ALLOWED = ("name", "train.resume", "train.resume_allow_changes", "train.progress", "train.plots",
@@ -37,10 +42,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -96,3 +97,64 @@ def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler: Any, fresh
     for group, base, factor in zip(optimizer.param_groups, fresh, scheduler.lr_lambdas, strict=True):
         group["initial_lr"] = base
         group["lr"] = base * factor(step)
+
+
+@dataclass
+class Resume:
+    """The checkpoint a run continues from: its folder, its saved state, the config changes that apply."""
+
+    folder: Path
+    state: dict[str, Any]
+    changes: dict[str, tuple[Any, Any]]
+
+
+def find(ckpt_dir: Path, config: dict[str, Any], d: Dist) -> Resume:
+    """The newest complete checkpoint in ``ckpt_dir`` (a damaged one is skipped, with a warning), checked
+    against the config (``check_resume``).
+
+    Raises:
+        FileNotFoundError: when there is no complete checkpoint.
+        ResumeError: when the config differs in keys not allowed to change.
+    """
+    found = resume_point(ckpt_dir)
+    if found is None:
+        raise FileNotFoundError(f"train.resume: no complete checkpoint in {ckpt_dir}")
+    folder, state = found
+    return Resume(folder, state, check_resume(state, config, d))
+
+
+def record_changes(run_dir: Path, r: Resume | None) -> None:
+    """Append the allowed config changes of a resume to ``run_dir/resume_changes.jsonl`` (none: nothing)."""
+    if r is not None and r.changes:
+        with (run_dir / "resume_changes.jsonl").open("a") as f:
+            f.write(json.dumps({"step": r.state["step"], "changes": r.changes}, default=str) + "\n")
+
+
+def restore(s: TrainState, r: Resume, strategy: str, d: Dist, base_lrs: list[float]) -> None:
+    """Continue where the checkpoint stopped: optimizer, schedule (with the config's learning rates and
+    length, ``apply_learning_rates``), GradScaler, step, early stopping, loss window and this rank's RNG.
+    The weights were loaded before the model was wrapped (``load_weights``)."""
+    saved = r.state
+    distributed.load_optimizer_state(s.model, s.optimizer, saved["optimizer"], strategy, d)
+    s.scheduler.load_state_dict(saved["scheduler"])
+    if "scaler" in saved:
+        s.scaler.load_state_dict(saved["scaler"])
+    s.step = saved["step"]
+    apply_learning_rates(s.optimizer, s.scheduler, base_lrs, s.step)
+    s.stopper = EarlyStopping(**saved["early_stopping"])
+    rngs = saved.get("rng_ranks") or [saved["rng"]]
+    torch.set_rng_state(rngs[d.rank] if len(rngs) == d.world else rngs[0])
+    windows = saved.get("window_ranks")
+    if windows:
+        s.window.load_state_dict(windows[d.rank] if len(windows) == d.world else windows[0])
+
+
+def load_resumed_weights(model: torch.nn.Module, r: Resume | None) -> None:
+    """A resumed run's weights, into the model before it is wrapped for the ranks."""
+    if r is not None:
+        load_weights(model, r.folder / WEIGHTS)
+
+
+def skipped_steps(r: Resume | None) -> int:
+    """Optimizer steps the non-finite guard skipped before the checkpoint (0 for a fresh run)."""
+    return r.state.get("nonfinite", {}).get("skipped", 0) if r is not None else 0
