@@ -82,8 +82,10 @@ def _repeat(out: EncoderOutput, k: int) -> EncoderOutput:
 
 
 def _kind(model: torch.nn.Module) -> str:
+    if getattr(model, "explain_kind", None) == "classification":  # mm.explain.shallow.ShallowModel
+        return "classification"
     name = type(model.head).__name__
-    if name in ("ClassificationHead", "LinearHead"):
+    if name == "ClassificationHead":
         return "classification"
     raise ValueError(f"modality Shapley values need a classification head (class probabilities); "
                      f"this model's head is {name}")
