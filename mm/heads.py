@@ -19,6 +19,7 @@ head: ``train.metric=accuracy`` works for every head but regression; better choi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,9 @@ from sklearn.metrics import average_precision_score, confusion_matrix, f1_score
 from torch import nn
 from torch.nn import functional as F
 
+from mm.config import check_choice, check_range
 from mm.labels import IGNORE_INDEX
+from mm.registry import CHECKS, HEADS, NoSettings
 
 
 def _cat(tensors: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -276,8 +279,46 @@ class TokenHead(nn.Module):
         }
 
 
-HEADS = {"classification": ClassificationHead, "multilabel": MultiLabelHead, "regression": RegressionHead,
-         "token": TokenHead}
+def register_head(name: str, settings: type | None = None) -> Any:
+    """Class decorator (or one line): register a head as ``name`` with its settings dataclass, the
+    ``head`` config section's fields it reads (the section is assembled from every head's)."""
+    def register(cls: type) -> type:
+        cls.settings = settings or getattr(cls, "settings", None) or NoSettings
+        return HEADS.register(name, cls)
+    return register
+
+
+@dataclass
+class ClassificationSettings:
+    top_k: list[int] = field(default_factory=lambda: [5])  # classification: top-k accuracies (k < classes)
+    label_smoothing: float = 0.0  # classification and token: cross-entropy label smoothing
+
+
+@dataclass
+class RegressionSettings:
+    loss: str = "mse"  # regression: mse | l1
+
+
+@dataclass
+class TokenSettings:
+    label_smoothing: float = 0.0
+    crf: bool = False  # token: a linear-chain CRF trained jointly (log-likelihood), decoded by Viterbi (mm.crf)
+    constrained: bool = True  # token: decode only the tag transitions the scheme (BIO / IOBES) allows
+
+
+register_head("classification", ClassificationSettings)(ClassificationHead)
+register_head("multilabel")(MultiLabelHead)
+register_head("regression", RegressionSettings)(RegressionHead)
+register_head("token", TokenSettings)(TokenHead)
+
+
+@CHECKS.register("head")
+def check_head(cfg: Any) -> None:
+    """The ``head`` section's own choices and ranges."""
+    check_choice("head.loss", cfg.head.loss, RegressionHead.LOSSES)
+    for k in cfg.head.top_k:  # k >= the class count is left out by the head (see ClassificationHead)
+        check_range("head.top_k", k, 1)
+    check_range("head.label_smoothing", cfg.head.label_smoothing, 0, 1, open_high=True)
 
 
 def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | None = None,

@@ -8,6 +8,10 @@ and mixed with a weight ``lam ~ Beta(alpha, alpha)``:
 - cutmix (pictures): a box of area ``1 - lam`` is pasted from the paired picture; ``lam`` becomes the
   exact kept area; the other modalities are blended with that ``lam``.
 
+What may be done to a modality's inputs is asked of its encoder classes (``mm.registry.ENCODERS``):
+``picture_keys`` are the inputs cutmix pastes boxes into, and an encoder that is not ``mixable``
+(text: token ids) refuses mixing.
+
 The head's loss is ``lam * CE(y) + (1 - lam) * CE(y[perm])`` (``ClassificationHead.loss`` reads
 ``batch["mix"]``). Token ids cannot be blended, so a model with text is refused; and the draws come
 from torch's global RNG, which checkpoints save, so a resumed run mixes exactly as an uninterrupted one.
@@ -21,7 +25,14 @@ from typing import Any
 
 import torch
 
+from mm.registry import ENCODERS
+
 NOT_INPUTS = ("label", "index", "present", "cached", "mix")
+
+
+def picture_keys(modality: str) -> tuple[str, ...]:
+    """The input keys of ``modality`` that hold pictures (its encoder classes' ``picture_keys``)."""
+    return tuple(k for cls in ENCODERS[modality].values() for k in cls.picture_keys)
 
 
 @dataclass
@@ -57,7 +68,11 @@ class Mixing:
         for m, inputs in batch.items():
             if m in NOT_INPUTS:
                 continue
-            mixed[m] = {key: self._mix(key, x, lam, perm, box) for key, x in inputs.items()}
+            if not all(cls.mixable for cls in ENCODERS[m].values()):
+                raise ValueError(f"mixup/cutmix cannot blend the {m} inputs (token ids): train without {m}, "
+                                 "or without mixing")
+            boxed = set(picture_keys(m))
+            mixed[m] = {key: self._mix(x, lam, perm, box if key in boxed else None) for key, x in inputs.items()}
         mixed["present"] = {m: p | p[perm] for m, p in batch["present"].items()}
         mixed["mix"] = {"lam": lam, "perm": perm}
         return mixed
@@ -65,7 +80,8 @@ class Mixing:
     @staticmethod
     def _box(batch: dict[str, Any], lam: float) -> tuple[tuple[int, int, int, int] | None, float]:
         """A random box of area about ``1 - lam`` of the pictures, and the exact kept area."""
-        pictures = batch.get("image", {}).get("pixel_values")
+        pictures = next((inputs[key] for m, inputs in batch.items() if m not in NOT_INPUTS
+                         for key in picture_keys(m) if key in inputs), None)
         if pictures is None:
             return None, lam
         H, W = pictures.shape[-2:]
@@ -77,13 +93,11 @@ class Mixing:
         return (y0, y1, x0, x1), 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
 
     @staticmethod
-    def _mix(key: str, x: torch.Tensor, lam: float, perm: torch.Tensor,
-             box: tuple[int, int, int, int] | None) -> torch.Tensor:
-        if key == "input_ids":
-            raise ValueError("mixup/cutmix cannot blend token ids: train without text, or without mixing")
+    def _mix(x: torch.Tensor, lam: float, perm: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+        """One input mixed: masks and lengths the longer, a picture (``box`` given) cut, others blended."""
         if not x.is_floating_point():  # lengths and masks: the longer of the two
             return torch.maximum(x, x[perm])
-        if key == "pixel_values" and box is not None:
+        if box is not None:
             y0, y1, x0, x1 = box
             out = x.clone()
             out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]

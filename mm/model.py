@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from mm.config import Config, PolicyConfig
-from mm.data import picture_side
+from mm.config import Config
+from mm.data import first_file
 from mm.encoders import build_encoder
 from mm.encoders.base import EncoderOutput
-from mm.encoders.policies import apply_policy, enable_grad_checkpointing
+from mm.encoders.policies import POLICY_KEYS, apply_policy, enable_grad_checkpointing
 from mm.encoders.word_features import SHAPE_DIM
 from mm.fusion import build_fusion
 from mm.heads import build_head
-
-POLICY_KEYS = {f.name for f in fields(PolicyConfig)}
 
 
 class MultimodalModel(nn.Module):
@@ -105,17 +102,18 @@ def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> M
     encoders = {}
     for m in sorted(cfg.data.modalities):
         enc_cfg = vars(getattr(cfg.encoders, m))
-        settings = {k: v for k, v in enc_cfg.items() if k not in POLICY_KEYS and k != "encoder"}
-        if settings.get("input_size") == 0:  # auto: the pictures' own size (ImageEncoder asks if it needs it)
-            settings["data_side"] = functools.partial(picture_side, cfg.data, m)
-        encoder = build_encoder(m, enc_cfg["encoder"], trainable="frozen", **settings)
+        settings = {k: v for k, v in enc_cfg.items() if k not in POLICY_KEYS and k != "name"}
+        # the dataset's first file of the modality, for an encoder that sizes itself on the data
+        # (ImageEncoder with input_size 0 asks for it; build_encoder passes it only to those that declare it)
+        settings["first_file"] = functools.partial(first_file, cfg.data, m)
+        encoder = build_encoder(m, enc_cfg["name"], trainable="frozen", **settings)
         apply_policy(encoder, enc_cfg["trainable"], last_n=enc_cfg["last_n"], lora_r=enc_cfg["lora_r"],
                      lora_alpha=enc_cfg["lora_alpha"], lora_dropout=enc_cfg["lora_dropout"],
                      lora_targets=enc_cfg["lora_targets"])
         if enc_cfg["grad_checkpointing"]:
             enable_grad_checkpointing(encoder)
         encoders[m] = encoder
-    fusion_kwargs = {k: v for k, v in vars(cfg.fusion).items() if k != "name"}
+    fusion_kwargs = {k: v for k, v in vars(cfg.fusion).items() if k not in ("name", "modality_dropout")}
     if any(e.policy == "linear_probe" for e in encoders.values()):
         # A linear probe learns one linear map of the frozen features: no fusion MLP.
         if cfg.fusion.name != "concat":
@@ -125,9 +123,9 @@ def build_model(cfg: Config, num_classes: int, classes: list | None = None) -> M
     # the token head joins word-shape features where the text encoder resolved them on (an uncased tokenizer)
     shape_dim = SHAPE_DIM if getattr(encoders.get("text"), "word_features", False) else 0
     head = build_head(cfg.head.name, fusion.out_dim, num_classes, classes=classes, top_k=cfg.head.top_k,
-                      loss=cfg.head.loss, label_smoothing=cfg.train.label_smoothing, word_features=shape_dim,
+                      loss=cfg.head.loss, label_smoothing=cfg.head.label_smoothing, word_features=shape_dim,
                       crf=cfg.head.crf, constrained=cfg.head.constrained)
-    return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.data.modality_dropout)
+    return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.fusion.modality_dropout)
 
 
 def parameter_counts(model: MultimodalModel) -> dict[str, int]:

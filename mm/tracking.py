@@ -432,3 +432,19 @@ def _warn(message: str) -> None:
 def _plain(value: Any) -> Any:
     """A JSON-ready scalar from a Python, NumPy or 0-d tensor value."""
     return value.item() if hasattr(value, "item") else value
+
+
+def _check_mode(cfg: Any) -> None:
+    """``wandb.mode``: one of ``MODES`` (a check of the config, registered in ``mm.registry.CHECKS``)."""
+    from mm.config import check_choice
+
+    check_choice("wandb.mode", cfg.wandb.mode, MODES)
+
+
+def _register() -> None:
+    from mm.registry import CHECKS
+
+    CHECKS.register("wandb.mode", _check_mode)
+
+
+_register()

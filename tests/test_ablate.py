@@ -303,7 +303,7 @@ def test_real_data_grids_vary_one_strategy_for_both_encoders(path, tmp_path):
     assert {c.cfg.data.dataset for c in cells} == {"/elsewhere"}
     for c in cells:
         image, audio = c.cfg.encoders.image, c.cfg.encoders.audio
-        assert (image.source, audio.source, audio.encoder) == ("effnet-lite0", "effnet-lite0", "spectrogram")
+        assert (image.source, audio.source, audio.name) == ("effnet-lite0", "effnet-lite0", "spectrogram")
         strategy = c.name.split("__")[0].removeprefix("strategy=")
         if strategy == "scratch":
             assert not image.pretrained and not audio.pretrained and image.trainable == audio.trainable == "full"

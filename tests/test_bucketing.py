@@ -79,13 +79,13 @@ def text_audio_folder(tmp_path_factory) -> Path:
 
 def test_dataset_lengths_text_pieces_and_audio_samples(text_audio_folder, tiny_bert):
     text = TextEncoder("tiny-bert", max_length=8)
-    audio = SpectrogramEncoder("tiny-cnn", pretrained=False, sample_rate=16000, max_seconds=3.0)
+    audio = SpectrogramEncoder("tiny-cnn", pretrained=False, sample_rate=16000, max_s=3.0)
     ds = ManifestDataset(text_audio_folder, "train", {"text": text, "audio": audio}, "label", ["x", "y"])
     lengths = ds.lengths()
     # Word pieces with [CLS]/[SEP], truncated at max_length: what the collated attention mask counts.
     pieces = [int(text.collate([ds.rows[i]["text"]])["attention_mask"].sum()) for i in (0, 1)]
     assert lengths["text"] == [*pieces, 0] and pieces[1] == 8
-    # Samples at 16 kHz from the file header: 0.5 s at 8 kHz -> 8000; 4 s cropped to max_seconds -> 48000.
+    # Samples at 16 kHz from the file header: 0.5 s at 8 kHz -> 8000; 4 s cropped to max_s -> 48000.
     assert lengths["audio"] == [8000, 0, 48000]
     # Pictures have no length; a restricted copy (the feature cache's) sees only its modalities.
     cached = CachedSplit(ds, {"text": FeatureTable(torch.zeros(3, 2), torch.zeros(8, 2), torch.zeros(8, dtype=torch.bool),

@@ -70,7 +70,7 @@ def test_every_config_loads_and_builds(path, monkeypatch):
     for m in cfg.data.modalities:
         enc = getattr(cfg.encoders, m)
         if enc.source not in LOCAL_SOURCES:
-            enc.source = tiny[enc.encoder]
+            enc.source = tiny[enc.name]
         elif m == "text":
             enc.source = "tiny-bert"  # same code path as MiniLM, a fraction of the time
     from mm.model import build_model
@@ -109,7 +109,7 @@ def test_a_new_registry_entry_is_valid_with_no_change_to_the_config(monkeypatch)
             load_config(None, [f"{key}=toy"])
     monkeypatch.setitem(mm.fusion.FUSIONS, "toy", mm.fusion.ConcatFusion)
     monkeypatch.setitem(mm.heads.HEADS, "toy", mm.heads.ClassificationHead)
-    monkeypatch.setattr(mm.encoders.policies, "POLICIES", (*mm.encoders.policies.POLICIES, "toy"))
+    monkeypatch.setitem(mm.encoders.policies.POLICIES, "toy", mm.encoders.policies.POLICIES["frozen"])
     cfg = load_config(None, ["fusion.name=toy", "head.name=toy", "encoders.text.trainable=toy"])
     assert (cfg.fusion.name, cfg.head.name, cfg.encoders.text.trainable) == ("toy", "toy", "toy")
 
@@ -123,3 +123,53 @@ def test_synthetic_task_is_checked_only_for_the_synthetic_dataset(tmp_path):
 def test_config_module_imports_without_torch():
     code = "import sys, mm.config; assert 'torch' not in sys.modules, 'mm.config imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize(("old", "new", "value"), [
+    ("encoders.audio.encoder", "encoders.audio.name", "wav2vec2"),
+    ("encoders.text.encoder", "encoders.text.name", "transformers"),
+    ("encoders.audio.max_seconds", "encoders.audio.max_s", "5"),
+    ("train.label_smoothing", "head.label_smoothing", "0.1"),
+    ("data.modality_dropout", "fusion.modality_dropout", "0.5"),
+])
+def test_a_renamed_key_fails_fast_naming_the_new_one(old, new, value, tmp_path):
+    message = rf"'{re.escape(old)}' was renamed to '{re.escape(new)}'"
+    with pytest.raises(ConfigError, match=rf"^command-line overrides: {message}"):
+        load_config(None, [f"{old}={value}"])
+    section, *middle, key = old.split(".")
+    nested = f"{section}:\n" + "".join(f"{'  ' * (i + 1)}{m}:\n" for i, m in enumerate(middle))
+    path = tmp_path / "old.yaml"
+    path.write_text(nested + f"{'  ' * (len(middle) + 1)}{key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_config(path)
+    assert load_config(None, [f"{new}={value}"])  # the new key is accepted
+
+
+def test_config_sections_are_assembled_from_the_registries():
+    from mm.registry import ENCODERS, FUSIONS, HEADS
+
+    cfg = load_config()
+    assert list(to_dict(cfg)["encoders"]) == list(ENCODERS) == ["text", "image", "audio"]
+    assert [getattr(cfg.encoders, m).name for m in ENCODERS] == ["transformers", "timm", "spectrogram"]
+    # a modality's section: its default kind's settings, then what its other kinds add
+    audio = to_dict(cfg)["encoders"]["audio"]
+    assert audio["n_mels"] == 64 and audio["freeze_feature_encoder"] is True and audio["max_s"] == 10.0
+    fusion_fields = set(to_dict(cfg)["fusion"]) - {"name", "modality_dropout"}
+    assert fusion_fields == {a for cls in FUSIONS.values() for a in importlib.import_module("mm.fusion").declared_arguments(cls)}
+    assert {"top_k", "label_smoothing", "loss"} <= set(to_dict(cfg)["head"]) and set(HEADS) >= {"classification", "token"}
+    assert load_config() == load_config()  # the assembled sections compare equal
+
+
+def test_the_config_module_imports_no_implementation():
+    # Statically: mm/config.py imports nothing of mm but the registry (implementations import it).
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "mm" / "config.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m and m.startswith("mm")} == {"mm.registry"}
+    # At run time: importing it loads no other mm module.
+    code = "import sys, mm.config; print(sorted(m for m in sys.modules if m.startswith('mm')))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "['mm', 'mm.config', 'mm.registry']"

@@ -31,9 +31,9 @@ BAD = [
     (["data.synthetic.audio_seconds=0.01"], "data.synthetic.audio_seconds", "0.01; allowed: >= 0.05"),
     (["data.synthetic.sample_rate=3200"], "data.synthetic.sample_rate", "3200; allowed: > 3200"),
     (["data.num_workers=-1"], "data.num_workers", "-1; allowed: >= 0"),
-    (["data.modality_dropout=1.5"], "data.modality_dropout", "1.5; allowed: [0, 1)"),
-    (["data.modality_dropout=1"], "data.modality_dropout", "1.0; allowed: [0, 1)"),
-    (["data.modality_dropout=-0.1"], "data.modality_dropout", "-0.1; allowed: [0, 1)"),
+    (["fusion.modality_dropout=1.5"], "fusion.modality_dropout", "1.5; allowed: [0, 1)"),
+    (["fusion.modality_dropout=1"], "fusion.modality_dropout", "1.0; allowed: [0, 1)"),
+    (["fusion.modality_dropout=-0.1"], "fusion.modality_dropout", "-0.1; allowed: [0, 1)"),
     (["data.train_fraction=0"], "data.train_fraction", "0.0; allowed: (0, 1]"),
     (["data.max_bad_fraction=1"], "data.max_bad_fraction", "1.0; allowed: [0, 1)"),
     (["encoders.text.last_n=0"], "encoders.text.last_n", "0; allowed: >= 1"),
@@ -46,7 +46,7 @@ BAD = [
     (["encoders.text.stride=-1"], "encoders.text.stride", "-1; allowed: [0, 64)"),
     (["encoders.image.input_size=-1"], "encoders.image.input_size", "-1; allowed: >= 0"),
     (["encoders.image.hflip=2"], "encoders.image.hflip", "2.0; allowed: [0, 1]"),
-    (["encoders.audio.max_seconds=0"], "encoders.audio.max_seconds", "0.0; allowed: > 0"),
+    (["encoders.audio.max_s=0"], "encoders.audio.max_s", "0.0; allowed: > 0"),
     (["encoders.audio.n_mels=0"], "encoders.audio.n_mels", "0; allowed: >= 1"),
     (["encoders.audio.gain_db=-1"], "encoders.audio.gain_db", "-1.0; allowed: >= 0"),
     (["encoders.audio.shift_s=-0.1"], "encoders.audio.shift_s", "-0.1; allowed: >= 0"),
@@ -93,7 +93,7 @@ BAD = [
     (["train.eval_every=-1"], "train.eval_every", "-1; allowed: >= 0"),
     (["train.patience=-1"], "train.patience", "-1; allowed: >= 0"),
     (["train.min_delta=-0.1"], "train.min_delta", "-0.1; allowed: >= 0"),
-    (["train.label_smoothing=1"], "train.label_smoothing", "1.0; allowed: [0, 1)"),
+    (["head.label_smoothing=1"], "head.label_smoothing", "1.0; allowed: [0, 1)"),
     (["train.mixup=-1"], "train.mixup", "-1.0; allowed: >= 0"),
     (["train.cutmix=-1"], "train.cutmix", "-1.0; allowed: >= 0"),
     (["train.mix_prob=1.5"], "train.mix_prob", "1.5; allowed: [0, 1]"),
@@ -109,7 +109,7 @@ BAD = [
      "'org/name'; did you mean 'vit_base_patch16_224'?"),
     (["encoders.image.source=vit_small_patch16_224@/no/such.safetensors"], "encoders.image.source",
      "'vit_small_patch16_224@/no/such.safetensors': weights file not found: /no/such.safetensors"),
-    (["data.modalities=[audio]", "encoders.audio.encoder=wav2vec2", "encoders.audio.source=tiny-wav2vec"],
+    (["data.modalities=[audio]", "encoders.audio.name=wav2vec2", "encoders.audio.source=tiny-wav2vec"],
      "encoders.audio.source",
      f"'tiny-wav2vec' is not an alias ({ALIAS_LIST}) nor a local folder; did you mean 'tiny-wav2vec2'?"),
 ]
@@ -126,7 +126,7 @@ def test_bad_value_is_refused_naming_the_key_and_what_is_allowed(overrides, key,
     "overrides",
     [
         ["train.epochs=0", "train.max_steps=10"],  # max_steps > 0 replaces epochs
-        ["data.modality_dropout=0.99", "optim.warmup_ratio=1", "optim.backbone_lr=0", "train.eval_every=0"],
+        ["fusion.modality_dropout=0.99", "optim.warmup_ratio=1", "optim.backbone_lr=0", "train.eval_every=0"],
         ["fusion.num_layers=0"],  # concat: the concatenation as it is
         ["fusion.name=attention", "fusion.hidden_dim=12", "fusion.num_heads=3"],
         ["fusion.name=text_tokens", "head.name=token", "data.modalities=[text]", "fusion.hidden_dim=30"],  # no attention

@@ -36,7 +36,7 @@ def image_enc():
 
 @pytest.fixture(scope="module")
 def audio_enc():
-    return build_encoder("audio", "spectrogram", source="tiny-cnn", max_seconds=0.5)
+    return build_encoder("audio", "spectrogram", source="tiny-cnn", max_s=0.5)
 
 
 @pytest.fixture(scope="module")

@@ -302,7 +302,7 @@ def test_audio_featurize_normalises_pads_and_crops(audio_enc: AudioEncoder, tiny
     )
     assert second[:8000].std().item() == pytest.approx(1.0, abs=1e-3)
     assert torch.equal(second[8000:], torch.zeros(8000))
-    short = AudioEncoder(str(tiny_wav2vec2), max_seconds=0.25).featurize([torch.randn(16000)])
+    short = AudioEncoder(str(tiny_wav2vec2), max_s=0.25).featurize([torch.randn(16000)])
     assert short["input_values"].shape == (1, 4000)
     with pytest.raises(ValueError, match="mono"):
         audio_enc.featurize([torch.randn(2, 100)])

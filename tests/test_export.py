@@ -31,7 +31,7 @@ FILES = {  # what each exported folder must hold
 SMALL = [
     "data.task=shape", "data.modalities=[text,image,audio]", "data.synthetic.n_train=32",
     "data.synthetic.n_val=16", "data.synthetic.n_test=16", "data.synthetic.audio_seconds=0.5",
-    "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "encoders.audio.encoder=wav2vec2",
+    "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "encoders.audio.name=wav2vec2",
     "encoders.audio.source=tiny-wav2vec2", "train.batch_size=16", "train.max_steps=4", "train.eval_every=4",
     "train.progress=false", "wandb.mode=disabled", "optim.backbone_lr=1e-2", "optim.warmup_ratio=0",
 ]

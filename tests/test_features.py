@@ -187,7 +187,7 @@ def test_cache_switch_token_head_and_augmentation_turn_caching_off(text_enc, ima
 TINY = ["data.synthetic.n_train=96", "data.synthetic.n_val=32", "data.synthetic.n_test=32", "train.batch_size=16",
         "train.max_steps=6", "train.eval_every=3", "train.progress=false", "wandb.mode=disabled",
         "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "encoders.image.trainable=frozen",
-        "data.modality_dropout=0.3"]
+        "fusion.modality_dropout=0.3"]
 
 
 def test_training_on_cached_features_equals_training_without(tmp_path, monkeypatch):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from mm.config import FusionConfig
+from mm.config import fusion_section
 from mm.encoders.base import EncoderOutput, masked_mean
 from mm.fusion import FUSIONS, KNOWN_ARGUMENTS, ConcatFusion, build_fusion, declared_arguments
 
@@ -286,8 +287,9 @@ def test_registry_and_arguments():
     with pytest.raises(ValueError) as err:
         build_fusion("nope", {"text": 4})
     assert str(err.value) == f"unknown fusion 'nope'; valid: {sorted(FUSIONS)}"
-    # build_model passes every FusionConfig field but the name; each fusion gets the ones it declares.
-    fields = {k: v for k, v in vars(FusionConfig()).items() if k != "name"}
+    # build_model passes every fusion section field but the name (and the model's modality_dropout);
+    # each fusion gets the ones it declares.
+    fields = {k: v for k, v in vars(fusion_section()).items() if k not in ("name", "modality_dropout")}
     for name in FUSIONS:
         assert build_fusion(name, {"image": 6, "text": 8}, **fields).out_dim == 256, name
         with pytest.raises(TypeError):
@@ -311,7 +313,7 @@ def test_each_fusion_declares_only_the_config_fields_it_uses():
     }
     # Every argument a fusion declares is a FusionConfig field, so a config can set it.
     assert all(set(declared_arguments(cls)) <= KNOWN_ARGUMENTS for cls in FUSIONS.values())
-    assert KNOWN_ARGUMENTS == set(vars(FusionConfig())) - {"name"}  # every config field is some fusion's
+    assert KNOWN_ARGUMENTS == set(vars(fusion_section())) - {"name", "modality_dropout"}  # every config field is some fusion's
     with pytest.raises(TypeError):  # the constructors themselves no longer swallow other fusions' arguments
         ConcatFusion({"text": 8}, rank=3)
 
@@ -328,8 +330,8 @@ def test_build_fusion_passes_only_declared_arguments(monkeypatch):
             super().__init__(in_dims, hidden_dim, num_layers, dropout)
 
     monkeypatch.setitem(FUSIONS, "concat", Recorder)
-    config = FusionConfig(name="concat", hidden_dim=12, num_layers=2, dropout=0.25, rank=7, tensor_dim=5)
-    fields = {k: v for k, v in vars(config).items() if k != "name"}
+    config = replace(fusion_section(), name="concat", hidden_dim=12, num_layers=2, dropout=0.25, rank=7, tensor_dim=5)
+    fields = {k: v for k, v in vars(config).items() if k not in ("name", "modality_dropout")}
     fusion = build_fusion("concat", {"text": 8}, **fields)
     assert isinstance(fusion, Recorder) and fusion.out_dim == 12
     assert received == {"in_dims": {"text": 8}, "hidden_dim": 12, "num_layers": 2, "dropout": 0.25}
@@ -348,8 +350,8 @@ def test_a_new_fusion_gets_exactly_its_declared_arguments(monkeypatch):
         def forward(self, outputs, present=None):
             return self.scale * torch.cat([outputs[m].pooled for m in self.modalities], -1)
 
+    fields = {k: v for k, v in vars(replace(fusion_section(), rank=3)).items() if k not in ("name", "modality_dropout")}
     monkeypatch.setitem(FUSIONS, "toy", Toy)
-    fields = {k: v for k, v in vars(FusionConfig(rank=3)).items() if k != "name"}
     fusion = build_fusion("toy", {"image": 6, "text": 8}, **fields, scale=0.5)
     assert calls == [{"in_dims": {"image": 6, "text": 8}, "scale": 0.5, "rank": 3}]
     outs = make_outputs({"image": 6, "text": 8})

@@ -1,11 +1,12 @@
-"""The encoder data contract: a new modality needs no change in data, cache or evaluation code;
-whole batches without a modality; the spectrogram audio encoder; seeded augmentation."""
+"""The encoder data contract: a new modality is one encoder (with its settings) registered from a file
+of its own, with no change to config, model, data, cache, few-shot or evaluation code; whole batches
+without a modality; the spectrogram audio encoder; seeded augmentation."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,38 +17,75 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mm.analysis.evaluation import robustness
+from mm.config import ConfigError, check_range, load_config, to_dict
+from mm.data import build_splits
 from mm.data.collate import Collator
+from mm.data.errors import MediaError
 from mm.data.manifest import ManifestDataset
+from mm.data.media import media_path
+from mm.data.validate import check_dataset, validate_dir
 from mm.encoders import build_encoder
 from mm.encoders.base import Encoder, EncoderOutput
+from mm.encoders.policies import PolicySettings
 from mm.features import use_feature_cache
-from mm.fusion import build_fusion
-from mm.heads import build_head
-from mm.model import MultimodalModel
+from mm.lowdata.fewshot import episode_overrides, write_episodes
+from mm.model import build_model
+from mm.registry import ENCODERS, register_encoder
 from mm.run.runtime import seeded
 
 
+# ---- A toy fourth modality, defined here alone: the library is not edited to add it ----
+
+
+@dataclass
+class VectorSettings(PolicySettings):
+    """``encoders.vector``: the toy encoder's settings, assembled into the config from the registry."""
+
+    name: str = "linear"
+    source: str = "toy-vector"
+    scale: float = 1.0  # the values are multiplied by this when loaded
+
+    @staticmethod
+    def check(s, key, encoder):
+        PolicySettings.check(s, key, encoder)
+        check_range(f"{key}.scale", s.scale, 0, open_low=True)
+
+
 class VectorEncoder(Encoder):
-    """A toy fourth modality: a row holds a list of 4 numbers; a linear 'backbone' embeds it."""
+    """A toy fourth modality: a row names a .npy file of 4 numbers; a linear 'backbone' embeds it."""
 
     modality = "vector"
+    settings = VectorSettings
+    media = True  # values are files relative to the dataset folder
 
-    def __init__(self):
+    def __init__(self, source: str = "toy-vector", trainable: str = "frozen", scale: float = 1.0):
         super().__init__()
-        self.source = "toy-vector"
+        self.source, self.scale = source, scale
         self.backbone = nn.Linear(4, 8)
+        with torch.no_grad():  # fixed weights: the feature cache keys on them
+            self.backbone.weight.copy_(torch.arange(32.0).reshape(8, 4) / 32)
+            self.backbone.bias.zero_()
         self.out_dim = 8
-        self.set_trainable("frozen")
-        self.policy = "frozen"
+        self.set_trainable(trainable)
+
+    @classmethod
+    def decode_file(cls, path):
+        try:
+            value = np.load(path)
+        except (OSError, ValueError) as err:
+            raise MediaError(f"not a .npy file: {err}") from None
+        if value.shape != (4,):
+            raise MediaError(f"expected 4 numbers, got shape {value.shape}")
+        return []
 
     def load(self, value, root, train=False):
-        return torch.tensor(value, dtype=torch.float32)
+        return torch.tensor(np.load(media_path(value, root)), dtype=torch.float32) * self.scale
 
     def collate(self, values):
         return {"x": torch.stack([torch.zeros(4) if v is None else v for v in values])}
 
     def fingerprint(self):
-        return {"kind": "vector-v1"}
+        return {"kind": "vector-v1", "scale": self.scale}
 
     def corrupt(self, inputs, strength, generator):
         return {"x": inputs["x"] + strength * torch.randn(inputs["x"].shape, generator=generator)}
@@ -58,30 +96,76 @@ class VectorEncoder(Encoder):
         return EncoderOutput(tokens, mask, tokens[:, 0])
 
 
+@pytest.fixture
+def vector_modality():
+    """The toy modality registered (one line, as a library encoder file does), and removed after."""
+    register_encoder("linear")(VectorEncoder)
+    yield VectorEncoder
+    ENCODERS.unregister("vector")
+
+
 def write_split(root: Path, split: str, rows: list[dict]) -> None:
     (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_a_fourth_modality_flows_through_data_cache_and_evaluation(tmp_path, mm_cache):
-    torch.manual_seed(0)
+def vector_dataset(root: Path, n: int = 16) -> Path:
+    """Two classes of 4-number files (the second class shifted by +6), 16 rows a split."""
     rng = np.random.default_rng(0)
+    (root / "v").mkdir(parents=True)
     for split in ("train", "val", "test"):
-        rows = [{"vector": (rng.normal(size=4) + (3 if i % 2 else -3)).tolist(), "label": "ab"[i % 2]}
-                for i in range(16)]
-        rows[3].pop("vector")  # a sample without the modality
-        write_split(tmp_path, split, rows)
-    enc = VectorEncoder()
-    splits = {s: ManifestDataset(tmp_path, s, {"vector": enc}, "label", ["a", "b"]) for s in ("train", "val", "test")}
-    collate = Collator(["vector"], {"vector": enc})
-    batch = collate([splits["train"][i] for i in range(4)])
+        rows = []
+        for i in range(n):
+            np.save(root / "v" / f"{split}{i}.npy", rng.normal(size=4) + (3 if i % 2 else -3))
+            rows.append({"vector": f"v/{split}{i}.npy", "text": "a caption", "label": "ab"[i % 2]})
+        write_split(root, split, rows)
+    return root
+
+
+def test_a_fourth_modality_flows_through_config_model_data_cache_fewshot_and_evaluation(
+        tmp_path, mm_cache, vector_modality):
+    root = vector_dataset(tmp_path / "data")
+    # The config: an encoders.vector section assembled from the registry, overridable and checked.
+    overrides = [f"data.dataset={root}", "data.modalities=[vector]", "encoders.vector.scale=0.5",
+                 "fusion.hidden_dim=16", "head.top_k=[]", "train.precision=fp32", "train.eval_batch_size=8",
+                 "wandb.mode=disabled"]
+    cfg = load_config(None, overrides)
+    assert vars(cfg.encoders.vector)["name"] == "linear" and cfg.encoders.vector.scale == 0.5
+    assert to_dict(cfg)["encoders"]["vector"]["trainable"] == "frozen"
+    with pytest.raises(ConfigError, match=r"invalid value for 'encoders\.vector\.scale': 0\.0; allowed: > 0"):
+        load_config(None, [*overrides, "encoders.vector.scale=0"])
+    with pytest.raises(ConfigError, match=r"'encoders\.vector\.name': 'mlp'; valid: \['linear'\]"):
+        load_config(None, [*overrides, "encoders.vector.name=mlp"])
+    with pytest.raises(ConfigError, match=r"'encoders\.vector\.encoder' was renamed to 'encoders\.vector\.name'"):
+        load_config(None, [*overrides, "encoders.vector.encoder=linear"])
+
+    # The dataset checks ask the encoder: its values are files (media), decoded by decode_file.
+    report = check_dataset(cfg.data, deep=True)
+    assert report.ok and report.modalities == ["vector"] and report.rows == {"train": 16, "val": 16, "test": 16}
+    np.save(root / "v" / "test5.npy", np.zeros(3))
+    (root / "v" / "val7.npy").unlink()
+    problems = [str(p) for p in check_dataset(cfg.data, deep=True, strict=False).problems]
+    assert problems == [f"{root / 'val.jsonl'}:8: vector file not found: {root / 'v' / 'val7.npy'}",
+                        f"{root / 'test.jsonl'}:6: vector expected 4 numbers, got shape (3,)"]
+    assert validate_dir(root, deep=False).modalities == ["text", "vector"]  # every registered modality a row has
+    np.save(root / "v" / "test5.npy", np.ones(4))
+    np.save(root / "v" / "val7.npy", np.ones(4))
+
+    # The model: build_model builds the encoder from its section (scale passed, policy applied).
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=2).eval()
+    enc = model.encoders["vector"]
+    assert isinstance(enc, VectorEncoder) and enc.scale == 0.5 and enc.policy == "frozen" and enc.frozen_for_run
+    splits, classes = build_splits(cfg.data, model.encoders)
+    assert classes == ["a", "b"]
+    collate = Collator(["vector"], model.encoders)
+    without = {k: v for k, v in splits["train"][3].items() if k != "vector"}  # a sample without the modality
+    batch = collate([splits["train"][i] for i in range(3)] + [without])
     assert batch["present"]["vector"].tolist() == [True, True, True, False]
     assert batch["vector"]["x"].shape == (4, 4) and batch["vector"]["x"][3].eq(0).all()
+    first = np.load(root / "v" / "train0.npy")
+    assert torch.allclose(batch["vector"]["x"][0], torch.tensor(first, dtype=torch.float32) * 0.5)
 
-    fusion = build_fusion("concat", {"vector": 8}, hidden_dim=16)
-    model = MultimodalModel({"vector": enc}, fusion, build_head("classification", fusion.out_dim, 2)).eval()
-    cfg = SimpleNamespace(data=SimpleNamespace(cache_features="auto", num_workers=0),
-                          head=SimpleNamespace(name="classification"),
-                          train=SimpleNamespace(precision="fp32", eval_batch_size=8, mixup=0.0, cutmix=0.0))
+    # The feature cache: built on the first run, hit on the second, serving what the encoder computes.
     cached, cached_collate, report = use_feature_cache(cfg, model, splits, collate, torch.device("cpu"))
     assert [e["status"] for e in report["vector"]["splits"].values()] == ["built"] * 3
     again = use_feature_cache(cfg, model, splits, collate, torch.device("cpu"))[2]
@@ -90,9 +174,23 @@ def test_a_fourth_modality_flows_through_data_cache_and_evaluation(tmp_path, mm_
     live = enc(collate([splits["test"][i] for i in range(8)])["vector"])
     assert torch.equal(served["cached"]["vector"]["pooled"], live.pooled)
 
+    # The robustness matrix: the modality removed and noised through its own corrupt().
     rows = robustness(model, DataLoader(splits["test"], batch_size=8, collate_fn=collate), levels=(0.0, 1.0))
     assert [(r["kind"], r["modality"], r["level"]) for r in rows] == [
         ("removed", "none", None), ("noise", "vector", 0.0), ("noise", "vector", 1.0)]
+
+    # Few-shot episodes: the media paths become absolute (asked of the encoder: media), so a run
+    # on an episode folder reads the same files; the episode passes the same checks.
+    out = tmp_path / "curve"
+    write_episodes(out, cfg.data, ks=[2], seeds=[0])
+    episode_cfg = load_config(None, [*overrides, *episode_overrides(out, cfg.data, 2, 0)])
+    train_rows = [json.loads(line) for line in (Path(episode_cfg.data.dataset) / "train.jsonl").read_text().splitlines()]
+    assert len(train_rows) == 4 and sorted(r["label"] for r in train_rows) == ["a", "a", "b", "b"]
+    assert all(Path(r["vector"]).is_absolute() and Path(r["vector"]).is_file() for r in train_rows)
+    assert check_dataset(episode_cfg.data, deep=True).ok
+    episode_splits, _ = build_splits(episode_cfg.data, model.encoders)
+    assert len(episode_splits["train"]) == 4
+    assert torch.equal(episode_splits["test"][0]["vector"], splits["test"][0]["vector"])
 
 
 def test_a_batch_without_any_image_or_audio_collates_to_placeholders(mm_cache):
@@ -115,7 +213,7 @@ def test_spectrogram_encoder_frames_masks_and_standardisation(tmp_path, mm_cache
     wav(tmp_path / "long.wav", 1.0)
     wav(tmp_path / "short.wav", 0.5)
     sf.write(tmp_path / "stereo8k.wav", np.zeros((4000, 2), dtype=np.float32) + 0.1, 8000)
-    enc = build_encoder("audio", "spectrogram", source="tiny-cnn", max_seconds=0.8)
+    enc = build_encoder("audio", "spectrogram", source="tiny-cnn", max_s=0.8)
     long, short = enc.load("long.wav", tmp_path), enc.load("short.wav", tmp_path)
     assert long.shape == (64, 81) and short.shape == (64, 51)  # 10 ms hop, cropped at 0.8 s
     assert long.mean().abs() < 1e-4 and (long.std() - 1).abs() < 1e-3  # standardised per clip

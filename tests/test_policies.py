@@ -141,7 +141,7 @@ def test_unknown_policy_lists_valid_ones():
     enc = build_encoder("image", source="tiny-vit")
     with pytest.raises(ValueError, match="linear_probe"):
         apply_policy(enc, "half")
-    assert POLICIES == ("frozen", "linear_probe", "last_n", "gradual", "lora", "prompt", "full")
+    assert tuple(POLICIES) == ("frozen", "linear_probe", "last_n", "gradual", "lora", "prompt", "full")
 
 
 def _inputs(enc, modality):

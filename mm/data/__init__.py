@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from mm.config import DataConfig
 from mm.data.errors import ManifestError, MediaError
 from mm.data.manifest import SPLITS, ManifestDataset, read_split
 from mm.data.media import inside_path
@@ -13,7 +13,7 @@ from mm.labels import build_codec, label_vocabulary
 from mm.paths import cache_dir
 
 
-def resolve_dataset(cfg: DataConfig, head: str | None = None) -> tuple[Path, str]:
+def resolve_dataset(cfg: Any, head: str | None = None) -> tuple[Path, str]:
     """The manifest folder and the label key a data config points at.
 
     ``dataset: synthetic`` generates (once, cached) the benchmark and reads ``labels.<task>``;
@@ -60,7 +60,7 @@ def _first_row(path: Path) -> dict:
     return {}
 
 
-def training_classes(cfg: DataConfig, head: str = "classification") -> list:
+def training_classes(cfg: Any, head: str = "classification") -> list:
     """The class list of a data config for ``head``: the sorted labels of its training split."""
     if cfg.dataset == "synthetic":
         from mm.data.synthetic import TASKS
@@ -72,7 +72,7 @@ def training_classes(cfg: DataConfig, head: str = "classification") -> list:
     return label_vocabulary(head, read_split(root, "train"), label_key)
 
 
-def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
+def build_splits(cfg: Any, encoders: dict, classes: list | None = None,
                  head: str = "classification", seed: int = 0,
                  augment: bool = True) -> tuple[dict[str, ManifestDataset], list]:
     """The train/val/test datasets for a data config, decoded by the encoders (``Encoder.load``).
@@ -102,20 +102,20 @@ def build_splits(cfg: DataConfig, encoders: dict, classes: list | None = None,
     return splits, classes
 
 
-def picture_side(cfg: DataConfig, modality: str = "image") -> int | None:
-    """The longer side, in pixels, of the first picture of the training split (None if there is none).
+def first_file(cfg: Any, modality: str) -> Path | None:
+    """The file of the first training row that has ``modality`` (a media value), inside the dataset
+    folder (None if no row has one): what an encoder that sizes itself on the data reads
+    (``ImageEncoder`` with ``input_size`` 0 resizes to its pictures' own side).
 
-    What an image encoder with ``input_size`` 0 (auto) resizes to, so that small pictures are not
-    upsampled to a checkpoint's 224 px.
+    Args:
+        cfg: the ``data`` section (``mm.config.DataConfig``).
+        modality: a media modality's manifest key.
     """
-    from PIL import Image
-
     root, _ = resolve_dataset(cfg)
     for row in read_split(root, "train"):
         if row.get(modality) is not None:
             try:
-                with Image.open(inside_path(row[modality], root, cfg.allow_outside_paths)) as img:
-                    return max(img.size)
-            except (MediaError, OSError) as err:
+                return inside_path(row[modality], root, cfg.allow_outside_paths)
+            except MediaError as err:
                 raise ManifestError(f"{row['_where']}: {modality} {err}") from err
     return None

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from mm.data.synthetic_render import caption_words, slot_phrases
+from mm.config import check_range
+from mm.data.synthetic_render import PITCH_HZ, caption_words, slot_phrases
+from mm.registry import CHECKS
+from mm.registry import TASKS as REGISTERED
 
 MODALITIES: tuple[str, ...] = ("audio", "image", "text")
 
@@ -307,3 +310,18 @@ def empirical_ceiling(rows: list[dict], task: str, modalities: Iterable[str]) ->
 
     return float(_score(spec.kind, ((tuple(r["factors"][k] for k in keys), label(r)) for r in rows)))
 
+
+
+def _register() -> None:
+    """The tasks as ``data.task`` choices (``mm.registry.TASKS``), and the synthetic section's check
+    that depends on what the benchmark renders."""
+    for name, task in TASKS.items():
+        REGISTERED.register(name, task)
+
+    @CHECKS.register("data.synthetic")
+    def check_synthetic(cfg: Any) -> None:
+        nyquist = 2 * max(high for _, high in PITCH_HZ.values())  # the high beeps must be representable
+        check_range("data.synthetic.sample_rate", cfg.data.synthetic.sample_rate, nyquist, open_low=True)
+
+
+_register()

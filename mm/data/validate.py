@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,16 +35,13 @@ from mm.data.collate import TEXT
 from mm.data.conll import read_conll
 from mm.data.errors import ManifestError, MediaError
 from mm.data.manifest import SPLITS, parse_manifest
-from mm.data.media import decode_audio, decode_image, inside_path, text_value
+from mm.data.media import inside_path
 from mm.labels import CODECS, LabelError, TagLabels, label_at, label_vocabulary
+from mm.registry import ENCODERS
 
-# How each media modality's files are decoded without a model (the readers its encoder uses);
-# each returns notes on what the conversion did. A new media modality adds its reader here.
-DECODERS: dict[str, Callable[[Path], list[str]]] = {
-    "image": lambda path: decode_image(path)[1],
-    "audio": decode_audio,
-}
-KNOWN_MODALITIES = ("text", "image", "audio")  # what the validator looks for when none are named
+# Everything modality-specific is asked of the modality's encoder class (mm.registry.ENCODERS, its
+# default kind): ``media`` (values are files), ``decode_file`` (a file decoded without a model, with
+# notes on the conversion) and ``check_value`` (a non-media value checked, with warnings).
 SAMPLE = "sample"  # the kind of a problem with one sample's value: data.on_error=skip leaves it out
 EXAMPLES = 5  # warnings of one kind printed by Report.format
 
@@ -166,17 +162,16 @@ class _Checker:
 
     def identity(self, m: str, value: Any, where: str, split: str) -> str:
         """What two equal values share (a text, a file, its bytes when deep); problems raise MediaError."""
-        if m in DECODERS:
+        encoder = ENCODERS.kind(m) if m in ENCODERS else None
+        if encoder is not None and encoder.media:
             path = inside_path(value, self.root, self.allow_outside)
             if self.deep is True or (self.deep and split in self.deep):
-                for note in DECODERS[m](path):
+                for note in encoder.decode_file(path):
                     self.report.warn(note, where, f"{m} {value}")
             return hashlib.sha1(path.read_bytes()).hexdigest() if self.deep is True else str(path)
-        if m == TEXT:
-            if not text_value(value).strip():
-                self.report.warn("empty text", where, "the text is empty")
-            return value
-        return json.dumps(value, sort_keys=True)  # another modality: compared as its JSON
+        for kind, reason in encoder.check_value(value) if encoder is not None else ():
+            self.report.warn(kind, where, reason)
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)  # compared as its JSON
 
     def row(self, split: str, row: dict) -> tuple:
         """Check a row's values; its signature: ``(modality, identity)`` of each good value."""
@@ -323,8 +318,8 @@ def validate_dir(root: str | Path, modalities: list[str] | None = None, label_ke
 
     Args:
         root: the folder with ``train/val/test.jsonl`` (or CoNLL ``.txt``).
-        modalities: the modalities a run would read; by default those of ``text``, ``image`` and
-            ``audio`` that some row has.
+        modalities: the modalities a run would read; by default those of the registered modalities
+            (``mm.registry.ENCODERS``) that some row has.
         label_key: dotted key of the label in each row.
         head: the head's name (``mm.labels.CODECS``), which decides what a label must be.
         allow_outside_paths: accept media paths outside the folder (``data.allow_outside_paths``).
@@ -342,10 +337,10 @@ def validate_dir(root: str | Path, modalities: list[str] | None = None, label_ke
     report.rows = {s: len(rows) for s, rows in splits.items()}
     checker = _Checker(report, root, label_key, head, allow_outside_paths, deep)
     if modalities is None:
-        report.modalities = [m for m in KNOWN_MODALITIES
+        report.modalities = [m for m in ENCODERS
                              if any(checker.row_value(r, m) is not None for rows in splits.values() for r in rows)]
     if not report.modalities:
-        report.problem(str(root), f"no row has any of {list(KNOWN_MODALITIES)}; name the modalities to check")
+        report.problem(str(root), f"no row has any of {list(ENCODERS)}; name the modalities to check")
     signatures = {s: [(row, checker.row(s, row)) for row in rows] for s, rows in splits.items()}
     for m in report.modalities:
         if not any(checker.present[s][m] for s in splits):

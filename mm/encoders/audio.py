@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,17 @@ from mm.data.media import media_path, read_audio
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.sources import resolve_source
 from mm.encoders.text import fast_attention
-from mm.encoders.wave import WaveAugment
+from mm.encoders.wave import WaveAugment, WaveSettings, decode_wave_file
+from mm.registry import register_encoder
+
+
+@dataclass
+class Wav2Vec2Settings(WaveSettings):
+    """``encoders.audio`` with ``name: wav2vec2``."""
+
+    name: str = "wav2vec2"
+    source: str = "tiny-wav2vec2"  # alias, hub id or local folder (a HF source)
+    freeze_feature_encoder: bool = True  # full: the conv feature encoder stays frozen
 
 
 def clip_samples(value: Any, root: Path, sample_rate: int, max_samples: int) -> int:
@@ -27,6 +38,7 @@ def clip_samples(value: Any, root: Path, sample_rate: int, max_samples: int) -> 
     return min(max_samples, math.ceil(info.frames * sample_rate / info.samplerate))
 
 
+@register_encoder("wav2vec2")
 class AudioEncoder(Encoder):
     """A pretrained speech transformer over ~20 ms feature frames, mean-pooled over real frames.
 
@@ -36,7 +48,7 @@ class AudioEncoder(Encoder):
         trainable: ``frozen`` or ``full``.
         freeze_feature_encoder: with ``full``, keep the convolutional feature encoder
             (``backbone.feature_extractor``) frozen, as wav2vec2 fine-tuning recipes do.
-        max_seconds: waves are cropped to this duration by ``featurize``.
+        max_s: waves are cropped to this duration, in seconds, by ``featurize``.
         gain_db, shift_s, snr_db: training-time wave augmentation (``mm.encoders.wave.WaveAugment``).
 
     Attributes:
@@ -45,14 +57,17 @@ class AudioEncoder(Encoder):
     """
 
     modality = "audio"
+    settings = Wav2Vec2Settings
     media = True
+    source_library = "hf"
+    decode_file = staticmethod(decode_wave_file)
 
     def __init__(
         self,
         source: str,
         trainable: str = "frozen",
         freeze_feature_encoder: bool = True,
-        max_seconds: float = 10.0,
+        max_s: float = 10.0,
         gain_db: float = 0.0,
         shift_s: float = 0.0,
         snr_db: tuple[float, ...] = (),
@@ -64,14 +79,14 @@ class AudioEncoder(Encoder):
         self.extractor = AutoFeatureExtractor.from_pretrained(path)
         self.backbone = AutoModel.from_pretrained(path, **fast_attention(AutoConfig.from_pretrained(path)))
         self.sample_rate = int(self.extractor.sampling_rate)
-        self.max_samples = int(max_seconds * self.sample_rate)
+        self.max_samples = int(max_s * self.sample_rate)
         self.out_dim = self.backbone.config.hidden_size
         self.wave_augment = WaveAugment(gain_db, shift_s, tuple(snr_db))
         self.augment = self.wave_augment.active
         self.set_trainable(trainable)
 
     def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
-        wave = read_audio(media_path(value, root), self.sample_rate)
+        wave = read_audio(media_path(value, root), self.sample_rate, self.max_samples)  # only the frames kept
         return self.wave_augment(wave, self.sample_rate) if train and self.augment else wave
 
     def length(self, value: Any, root: Path) -> int:

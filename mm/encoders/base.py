@@ -16,8 +16,13 @@ would otherwise answer by naming a modality:
 - ``corrupt(inputs, strength, generator)``: the robustness-noise of growing strength;
 - ``export(out_dir, backbone)``: the backbone and preprocessing in the layout ``source`` loads.
 
-So a new modality is one encoder file, one registry entry (``mm.encoders.ENCODERS``) and one config
-section (``mm.config.EncodersConfig``).
+The class answers what is asked before any model exists: ``settings`` (its config section's
+dataclass, whose ``check`` validates it), ``check_source``, ``media``, ``check_value`` and
+``decode_file`` (a manifest value checked or a file decoded without a model, for the dataset
+checks), ``mixable`` and ``picture_keys`` (what mixup and cutmix may do to its inputs).
+
+So a new modality is one encoder file that registers its class (``@register_encoder("kind")``,
+``mm.registry``); the ``encoders.<modality>`` config section is assembled from the registry.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mm.config import ConfigError
+from mm.data.errors import MediaError
 from mm.run.checkpoint import weights_digest
 
 TRAINABLE_POLICIES = ("frozen", "full")
@@ -79,10 +86,38 @@ class Encoder(nn.Module):
     """
 
     modality: ClassVar[str] = ""  # the manifest key and the config section it reads
+    settings: ClassVar[type]  # its config section's dataclass (a PolicySettings with a ``check``)
     media: ClassVar[bool] = False  # manifest values are files relative to the dataset folder
+    mixable: ClassVar[bool] = True  # mixup may blend its inputs (token ids cannot be blended)
+    picture_keys: ClassVar[tuple[str, ...]] = ()  # input keys holding pictures [..., H, W]: cutmix pastes boxes there
+    source_library: ClassVar[str | None] = None  # what a valid source names: "hf", "timm" (mm.encoders.sources)
+    prompt_capable: ClassVar[bool] = False  # has input embeddings a soft prompt can precede (trainable=prompt)
     backbone: nn.Module
     out_dim: int
     augment: bool = False  # random training-time preprocessing: never served from the feature cache
+
+    # -- asked of the class, before any model exists ----------------------------------------------
+    @classmethod
+    def check_source(cls, source: str, key: str) -> None:
+        """Fail fast (``ConfigError`` naming ``key``) on a source that cannot load, touching no hub."""
+        from mm.encoders.sources import SourceError, check_source
+
+        try:
+            check_source(source, cls.source_library)
+        except SourceError as err:
+            raise ConfigError(f"invalid value for '{key}': {err}") from None
+
+    @classmethod
+    def check_value(cls, value: Any) -> list[tuple[str, str]]:
+        """A non-media manifest value checked without a model: ``MediaError`` when it cannot be read,
+        else the warnings worth giving as ``(kind, reason)``. By default any JSON value is accepted."""
+        return []
+
+    @classmethod
+    def decode_file(cls, path: Path) -> list[str]:
+        """A media file decoded fully, as ``load`` decodes it, without a model: ``MediaError`` when it
+        cannot be, else notes on what the conversion did (for ``scripts/validate_data.py``)."""
+        raise MediaError(f"{cls.__name__} has no decode_file for {path}")
 
     # -- the modality's data contract (see the module docstring) --------------------------------
     def load(self, value: Any, root: Path, train: bool = False) -> Any:

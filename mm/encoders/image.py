@@ -8,6 +8,7 @@ not be upsampled to the checkpoint's 224 px on a CPU. Training-time augmentation
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,13 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mm.data.media import media_path, read_image
+from mm.config import check_choice, check_range
+from mm.data.errors import MediaError
+from mm.data.media import decode_image, media_path, read_image
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian
+from mm.encoders.policies import PolicySettings
 from mm.encoders.sources import resolve_source
+from mm.registry import register_encoder
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a hub folder's weights, in timm's order
 
@@ -93,6 +98,39 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+@dataclass
+class ImageSettings(PolicySettings):
+    """``encoders.image``: the image encoder's settings (``ImageEncoder``'s arguments)."""
+
+    name: str = "timm"  # the encoder kind (mm.registry.ENCODERS["image"])
+    source: str = "effnet-lite0"  # alias (effnet-lite0: ImageNet, packaged), timm name, local folder, or arch@file
+    trainable: str = "full"
+    input_size: int = 0  # side in pixels the pictures are resized to; 0 = auto: the pictures' own (<= checkpoint's)
+    augment: str = "none"  # training-time augmentation: none | light | rand (RandAugment)
+    hflip: float = 0.5  # horizontal-flip probability when augmenting
+    pretrained: bool = True  # false: the source's architecture from random weights (from scratch)
+
+    @staticmethod
+    def check(s: ImageSettings, key: str, encoder: type[Encoder]) -> None:
+        PolicySettings.check(s, key, encoder)
+        check_choice(f"{key}.augment", s.augment, AUGMENTS)
+        check_range(f"{key}.input_size", s.input_size, 0)  # 0 = auto
+        check_range(f"{key}.hflip", s.hflip, 0, 1)
+
+
+def picture_side(path: Path | None) -> int | None:
+    """The longer side, in pixels, of the picture at ``path`` (None: no picture)."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return max(img.size)
+    except OSError as err:
+        raise MediaError(f"{path}: {err}") from err
+
+
 def create_backbone(source: str, model_args: dict[str, Any] | None = None, pretrained: bool = True) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``) loaded from any image source.
 
@@ -133,6 +171,7 @@ def feature_tokens(backbone: nn.Module, features: torch.Tensor, source: str) -> 
     raise ValueError(f"unexpected feature shape {tuple(features.shape)} from {source}")
 
 
+@register_encoder("timm")
 class ImageEncoder(Encoder):
     """A timm backbone without its classifier; patch / pixel tokens plus timm's pre-logits pooling.
 
@@ -151,8 +190,9 @@ class ImageEncoder(Encoder):
             of the area, aspect 0.9-1.1, random erasing 25 %) or ``rand`` (``light`` + RandAugment m9).
         hflip: probability of a horizontal flip when augmenting (0 for digits, text, ...).
         pretrained: False: the source's architecture with random weights (training from scratch).
-        data_side: returns the longer side of the dataset's pictures, for ``input_size`` 0 (called
-            only then, and only for a model without a fixed input size).
+        first_file: returns the dataset's first training picture (``mm.data.first_file``), whose
+            longer side ``input_size`` 0 resizes to (called only then, and only for a model without
+            a fixed input size).
 
     Attributes:
         transform: PIL image -> ``Tensor[3, H, W]``, the checkpoint's evaluation preprocessing.
@@ -161,11 +201,14 @@ class ImageEncoder(Encoder):
     """
 
     modality = "image"
+    settings = ImageSettings
     media = True
+    picture_keys = ("pixel_values",)
+    source_library = "timm"
 
     def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None,
                  input_size: int = 0, augment: str = "none", hflip: float = 0.5, pretrained: bool = True,
-                 data_side: Callable[[], int | None] | None = None):
+                 first_file: Callable[[], Path | None] | None = None):
         super().__init__()
         if augment not in AUGMENTS:
             raise ValueError(f"unknown image augment {augment!r}; valid: {list(AUGMENTS)}")
@@ -175,7 +218,7 @@ class ImageEncoder(Encoder):
         own = self.data_config["input_size"][-1]
         fixed = getattr(self.backbone, "pretrained_cfg", {}).get("fixed_input_size", False)
         self.convolutional = not hasattr(self.backbone, "patch_embed")  # a CNN: channels-last input
-        side = data_side() if not input_size and data_side is not None and not fixed else None
+        side = picture_side(first_file()) if not input_size and first_file is not None and not fixed else None
         if side:
             input_size = min(own, max(MIN_AUTO_SIZE, -(-side // 32) * 32))
         if input_size:
@@ -193,6 +236,10 @@ class ImageEncoder(Encoder):
         # Dimension of ``pooled``; equals the token width for ViTs and most CNNs.
         self.out_dim = getattr(self.backbone, "head_hidden_size", self.backbone.num_features)
         self.set_trainable(trainable)
+
+    @classmethod
+    def decode_file(cls, path: Path) -> list[str]:
+        return decode_image(path)[1]
 
     def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
         picture = read_image(media_path(value, root))  # 8-bit RGB: 16-bit grey scaled, transparency on black

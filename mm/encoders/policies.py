@@ -17,14 +17,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from mm.config import ConfigError, check_choice, check_range
 from mm.encoders.base import Encoder
 from mm.encoders.layers import layer_groups
 from mm.encoders.prompt import add_prompt
+from mm.registry import ENCODERS, POLICIES
 
-POLICIES = ("frozen", "linear_probe", "last_n", "gradual", "lora", "prompt", "full")
-PROMPT_MODALITIES = ("text",)  # the encoders with input embeddings to prepend a soft prompt to
+
+@dataclass
+class PolicySettings:
+    """How much of a pretrained backbone trains, the same settings for every encoder: the first
+    fields of every ``encoders.<modality>`` section (each encoder's settings extend this class)."""
+
+    trainable: str = "frozen"  # a registered policy: frozen | linear_probe | last_n | gradual | lora | prompt | full
+    last_n: int = 2  # last_n: top blocks (plus the final norm) that train
+    gradual_every: int = 1  # gradual: one more block opens every this many...
+    gradual_unit: str = "epoch"  # ...epochs or steps
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)  # empty: per-family defaults
+    grad_checkpointing: bool = False  # recompute the backbone's activations in backward (memory for time)
+
+    @staticmethod
+    def check(s: Any, key: str, encoder: type[Encoder]) -> None:
+        """The policy settings of section ``key`` (``encoders.text``) for the encoder class it picks."""
+        check_choice(f"{key}.trainable", s.trainable, list(POLICIES))
+        check_choice(f"{key}.gradual_unit", s.gradual_unit, ("epoch", "step"))
+        check_range(f"{key}.last_n", s.last_n, 1)
+        check_range(f"{key}.gradual_every", s.gradual_every, 1)
+        check_range(f"{key}.lora_r", s.lora_r, 1)
+        check_range(f"{key}.lora_alpha", s.lora_alpha, 0, open_low=True)
+        check_range(f"{key}.lora_dropout", s.lora_dropout, 0, 1, open_high=True)
+        if s.trainable == "prompt" and not encoder.prompt_capable:  # prompt tuning prepends to input embeddings
+            able = [m for m, kinds in ENCODERS.items() if any(c.prompt_capable for c in kinds.values())]
+            raise ConfigError(f"invalid value for '{key}.trainable': 'prompt'; prompt tuning is for "
+                              f"{', '.join(able)} encoders only (it prepends learned vectors to input "
+                              "token embeddings)")
+
+
+POLICY_KEYS = frozenset(PolicySettings.__dataclass_fields__)  # the section fields that are not the encoder's own
 
 # Default LoRA targets per family: the attention projections' names in each implementation.
 LORA_TARGETS = {
@@ -37,25 +73,59 @@ LORA_TARGETS = {
 
 def apply_policy(encoder: Encoder, policy: str, *, last_n: int = 2, lora_r: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.0, lora_targets: Sequence[str] = (), prompt_tokens: int | None = None) -> None:
-    """Set which backbone parameters of ``encoder`` train (see the module docstring).
+    """Set which backbone parameters of ``encoder`` train (see the module docstring): the backbone is
+    first frozen (``full``: opened), then the registered policy acts on it.
 
     ``prompt_tokens`` defaults to the encoder's own setting (``encoders.text.prompt_tokens``).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown trainable policy {policy!r}; valid: {list(POLICIES)}")
-    if policy == "full":
-        encoder.set_trainable("full")
-    else:
-        encoder.set_trainable("frozen")
-    if policy == "last_n":
-        thaw(encoder, last_n)
-    elif policy == "lora":
-        add_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_targets)
-    elif policy == "prompt":
-        add_prompt(encoder, prompt_tokens if prompt_tokens is not None else getattr(encoder, "prompt_tokens", 20))
+    act = POLICIES[policy]
+    encoder.set_trainable("full" if policy == "full" else "frozen")
+    act(encoder, last_n=last_n, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=lora_targets, prompt_tokens=prompt_tokens)
     encoder.policy = policy
     encoder.thawed = 0
     encoder.train(encoder.training)
+
+
+def _register(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A policy: ``act(encoder, **settings)`` applied to a frozen backbone (``full``: an open one)."""
+    return POLICIES.register(name)
+
+
+@_register("frozen")
+def _frozen(encoder: Encoder, **_: Any) -> None:
+    """Nothing trains."""
+
+
+@_register("linear_probe")
+def _linear_probe(encoder: Encoder, **_: Any) -> None:
+    """Nothing in the backbone trains; build_model also drops the fusion MLP."""
+
+
+@_register("last_n")
+def _last_n(encoder: Encoder, *, last_n: int, **_: Any) -> None:
+    thaw(encoder, last_n)
+
+
+@_register("gradual")
+def _gradual(encoder: Encoder, **_: Any) -> None:
+    """Starts frozen; the training loop thaws blocks on its schedule."""
+
+
+@_register("lora")
+def _lora(encoder: Encoder, *, lora_r: int, lora_alpha: int, lora_dropout: float, lora_targets: Sequence[str],
+          **_: Any) -> None:
+    add_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_targets)
+
+
+@_register("prompt")
+def _prompt(encoder: Encoder, *, prompt_tokens: int | None, **_: Any) -> None:
+    add_prompt(encoder, prompt_tokens if prompt_tokens is not None else getattr(encoder, "prompt_tokens", 20))
+
+
+@_register("full")
+def _full(encoder: Encoder, **_: Any) -> None:
+    """Everything trains (set before the policy acts)."""
 
 
 def thaw(encoder: Encoder, k: int) -> list[str]:

@@ -15,6 +15,7 @@ recording does not matter) -> (training only: SpecAugment frequency and time mas
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ import torchaudio
 from einops import reduce
 from torch import nn
 
+from mm.config import check_range
 from mm.data.media import media_path, read_audio
 from mm.encoders.audio import clip_samples
 from mm.encoders.base import Encoder, EncoderOutput, add_gaussian, masked_mean
 from mm.encoders.image import create_backbone
-from mm.encoders.wave import WaveAugment
+from mm.encoders.wave import WaveAugment, WaveSettings, decode_wave_file
+from mm.registry import register_encoder
 
 MIN_FRAMES = 32  # shorter clips are padded: a CNN's stride-32 stack needs that much time
 
@@ -41,6 +44,23 @@ def _mel(sample_rate: int, n_mels: int, win: int, hop: int) -> torchaudio.transf
                                                 n_mels=n_mels, f_min=20.0, power=2.0)
 
 
+@dataclass
+class SpectrogramSettings(WaveSettings):
+    """``encoders.audio`` with ``name: spectrogram`` (the default audio encoder)."""
+
+    name: str = "spectrogram"  # spectrogram (log-mel into a timm CNN) | wav2vec2
+    source: str = "effnet-lite0"  # any image source (effnet-lite0, tiny-cnn); wav2vec2: a HF source
+    n_mels: int = 64  # mel bins
+    spec_augment: bool = False  # training: SpecAugment frequency and time masks
+    pretrained: bool = True  # false: the source's architecture from random weights
+
+    @staticmethod
+    def check(s: SpectrogramSettings, key: str, encoder: type[Encoder]) -> None:
+        WaveSettings.check(s, key, encoder)
+        check_range(f"{key}.n_mels", s.n_mels, 1)
+
+
+@register_encoder("spectrogram", default=True)
 class SpectrogramEncoder(Encoder):
     """A timm backbone over standardised log-mel spectrograms.
 
@@ -50,7 +70,7 @@ class SpectrogramEncoder(Encoder):
         model_args: extra ``timm.create_model`` arguments (``in_chans`` is always 1).
         sample_rate: waves are resampled to this rate (Hz).
         n_mels: mel bins (the picture's height).
-        max_seconds: clips are cropped to this duration.
+        max_s: clips are cropped to this duration, in seconds.
         spec_augment: training-time SpecAugment: two frequency masks of up to ``n_mels // 8`` bins
             and two time masks of up to 10 % of the frames.
         gain_db, shift_s, snr_db: training-time wave augmentation (``mm.encoders.wave.WaveAugment``).
@@ -58,10 +78,13 @@ class SpectrogramEncoder(Encoder):
     """
 
     modality = "audio"
+    settings = SpectrogramSettings
     media = True
+    source_library = "timm"
+    decode_file = staticmethod(decode_wave_file)
 
     def __init__(self, source: str, trainable: str = "frozen", model_args: dict[str, Any] | None = None,
-                 sample_rate: int = 16000, n_mels: int = 64, max_seconds: float = 10.0,
+                 sample_rate: int = 16000, n_mels: int = 64, max_s: float = 10.0,
                  spec_augment: bool = False, gain_db: float = 0.0, shift_s: float = 0.0,
                  snr_db: tuple[float, ...] = (), pretrained: bool = True):
         super().__init__()
@@ -69,7 +92,7 @@ class SpectrogramEncoder(Encoder):
         self.backbone = create_backbone(source, {**(model_args or {}), "in_chans": 1}, pretrained)
         self.sample_rate, self.n_mels = sample_rate, n_mels
         self.win, self.hop = int(0.025 * sample_rate), int(0.010 * sample_rate)
-        self.max_samples = int(max_seconds * sample_rate)
+        self.max_samples = int(max_s * sample_rate)
         self.spec_augment = spec_augment
         self.wave_augment = WaveAugment(gain_db, shift_s, tuple(snr_db))
         self.augment = spec_augment or self.wave_augment.active
@@ -83,7 +106,7 @@ class SpectrogramEncoder(Encoder):
         return (logmel - logmel.mean()) / logmel.std().clamp_min(1e-5)
 
     def load(self, value: Any, root: Path, train: bool = False) -> torch.Tensor:
-        wave = read_audio(media_path(value, root), self.sample_rate)
+        wave = read_audio(media_path(value, root), self.sample_rate, self.max_samples)  # only the frames kept
         augment = train and self.augment
         if augment:
             wave = self.wave_augment(wave, self.sample_rate)

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,38 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from mm.config import check_choice, check_range
 from mm.data.media import text_value
 from mm.encoders.base import Encoder, EncoderOutput, masked_mean
+from mm.encoders.policies import PolicySettings
 from mm.encoders.prompt import SoftPrompt
 from mm.encoders.sources import resolve_source
 from mm.encoders.word_features import lowercases, piece_shapes
+from mm.registry import register_encoder
 
 POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class TextSettings(PolicySettings):
+    """``encoders.text``: the text encoder's settings (``TextEncoder``'s arguments)."""
+
+    name: str = "transformers"  # the encoder kind (mm.registry.ENCODERS["text"])
+    source: str = "minilm"  # alias, hub id or local folder
+    max_length: int = 64  # word pieces per window; classification texts are truncated here
+    pooling: str = "mean"  # mean | cls
+    stride: int = 16  # token tagging: pieces shared by the overlapping windows over a longer sentence
+    prompt_tokens: int = 20  # trainable=prompt: learned vectors in front of the input (mm.encoders.prompt)
+    pretrained: bool = True  # false: the source's architecture from random weights (from scratch)
+    word_features: bool | None = None  # token head: word-shape (casing) features; None = auto: on where the tokenizer lowercases
+
+    @staticmethod
+    def check(s: TextSettings, key: str, encoder: type[Encoder]) -> None:
+        PolicySettings.check(s, key, encoder)
+        check_choice(f"{key}.pooling", s.pooling, POOLINGS)
+        check_range(f"{key}.max_length", s.max_length, 2)
+        check_range(f"{key}.stride", s.stride, 0, s.max_length, open_high=True)  # < max_length
+        check_range(f"{key}.prompt_tokens", s.prompt_tokens, 1)
 
 
 def fast_attention(config: transformers.PretrainedConfig) -> dict[str, str]:
@@ -31,9 +57,10 @@ def fast_attention(config: transformers.PretrainedConfig) -> dict[str, str]:
     return {"attn_implementation": "sdpa"} if getattr(model_class, "_supports_sdpa", False) else {}
 
 
-def load_text_backbone(path: str) -> torch.nn.Module:
+def load_text_backbone(path: str, pretrained: bool = True) -> torch.nn.Module:
     """``AutoModel.from_pretrained(path)`` without the BERT pooler where the architecture has one,
-    with SDPA attention where it is supported (``fast_attention``).
+    with SDPA attention where it is supported (``fast_attention``); ``pretrained=False``: the same
+    architecture with random weights (``AutoModel.from_config``).
 
     The pooler (a dense layer on [CLS] trained for next-sentence prediction) is never used by
     ``TextEncoder``; leaving it out means every trainable parameter gets a gradient.
@@ -43,6 +70,8 @@ def load_text_backbone(path: str) -> torch.nn.Module:
     kwargs = fast_attention(config)
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False
+    if not pretrained:
+        return model_class(config, **{k: v for k, v in kwargs.items() if k == "add_pooling_layer"})
     # Load quietly, then report what matters ourselves: the dropped pooler's unused weights are
     # expected; a backbone weight missing from the checkpoint (left at random init) is not.
     verbosity = hf_logging.get_verbosity()
@@ -57,6 +86,7 @@ def load_text_backbone(path: str) -> torch.nn.Module:
     return model
 
 
+@register_encoder("transformers")
 class TextEncoder(Encoder):
     """A pretrained transformer over tokens, mean- or [CLS]-pooled.
 
@@ -74,6 +104,7 @@ class TextEncoder(Encoder):
             Hugging Face tokenizers and of the NER pipeline; capped at half a window.
         prompt_tokens: the soft prompt's length under ``trainable=prompt`` (``mm.encoders.prompt``);
             the prompt itself is added by that policy, never here.
+        pretrained: False: the source's architecture with random weights (its tokenizer kept).
         word_features: token tagging: each word's shape (casing, digits, punctuation;
             ``mm.encoders.word_features``) is embedded and joined to its vector before the tag layer.
             None (auto): on where the tokenizer lowercases (all-MiniLM-L6-v2, ``bert-base-uncased``),
@@ -81,9 +112,14 @@ class TextEncoder(Encoder):
     """
 
     modality = "text"
+    settings = TextSettings
+    mixable = False  # token ids cannot be blended
+    source_library = "hf"
+    prompt_capable = True
 
     def __init__(self, source: str, trainable: str = "frozen", max_length: int = 64, pooling: str = "mean",
-                 stride: int = 16, prompt_tokens: int = 20, word_features: bool | None = None):
+                 stride: int = 16, prompt_tokens: int = 20, pretrained: bool = True,
+                 word_features: bool | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
@@ -95,7 +131,7 @@ class TextEncoder(Encoder):
         self.pooling = pooling
         self.stride = stride
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.backbone = load_text_backbone(path)
+        self.backbone = load_text_backbone(path, pretrained)
         self.out_dim = self.backbone.config.hidden_size
         # One window: max_length pieces, never more than the backbone has positions for (RoBERTa's
         # offset positions are covered by its tokenizer's model_max_length).
@@ -122,6 +158,11 @@ class TextEncoder(Encoder):
         if self.prompt is not None:
             return self.prompt(self.backbone, inputs)
         return self.backbone(**inputs).last_hidden_state
+
+    @classmethod
+    def check_value(cls, value: Any) -> list[tuple[str, str]]:
+        """A string (else a MediaError); an empty one is worth a warning."""
+        return [] if text_value(value).strip() else [("empty text", "the text is empty")]
 
     def load(self, value: Any, root: Path, train: bool = False) -> str:
         return text_value(value)  # a string, else a MediaError

@@ -7,8 +7,10 @@ from einops import pack, rearrange, repeat
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
+from mm.fusion.base import register_fusion
 
 
+@register_fusion("attention")
 class AttentionFusion(nn.Module):
     """Transformer encoder over ``[FUSION; tokens of modality 1; ...; tokens of modality M]``.
 

@@ -1,11 +1,24 @@
-"""Pieces every fusion shares: the hidden MLP and presence-aware weighting over modalities."""
+"""Pieces every fusion shares: registration, the hidden MLP and presence-aware weighting over modalities."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
+from mm.registry import FUSIONS, signature_settings
+
+
+def register_fusion(name: str) -> Callable[[type], type]:
+    """Class decorator: register a fusion as ``name``. Its settings (the ``fusion`` config section's
+    fields it reads) are its constructor's keyword arguments with their defaults, so a new
+    hyper-parameter is one constructor argument."""
+    def register(cls: type) -> type:
+        cls.settings = signature_settings(cls)
+        return FUSIONS.register(name, cls)
+    return register
 
 
 def mlp(in_dim: int, hidden_dim: int, num_layers: int, dropout: float) -> tuple[nn.Module, int]:

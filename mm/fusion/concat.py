@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
-from mm.fusion.base import mlp
+from mm.fusion.base import mlp, register_fusion
 
 
+@register_fusion("concat")
 class ConcatFusion(nn.Module):
     """Early fusion: layer-normed pooled features of each modality, concatenated, then an MLP.
 

@@ -9,7 +9,7 @@ from einops import rearrange
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
-from mm.fusion.base import mlp
+from mm.fusion.base import mlp, register_fusion
 
 
 def _with_one(h: torch.Tensor) -> torch.Tensor:
@@ -17,6 +17,7 @@ def _with_one(h: torch.Tensor) -> torch.Tensor:
     return torch.cat([h, h.new_ones(h.shape[0], 1)], dim=-1)
 
 
+@register_fusion("tensor")
 class TensorFusion(nn.Module):
     """Tensor Fusion Network (Zadeh et al., 2017): outer product of ``[h_m; 1]`` over modalities, then an MLP.
 
@@ -60,6 +61,7 @@ class TensorFusion(nn.Module):
         return self.mlp(self.product(outputs))  # [B, flat_dim] -> [B, out_dim]
 
 
+@register_fusion("lowrank")
 class LowRankFusion(nn.Module):
     """Low-rank Multimodal Fusion (Liu et al., 2018): the TFN weight tensor factorised into rank-1 terms.
 

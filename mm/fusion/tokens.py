@@ -12,6 +12,7 @@ from einops import pack
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
+from mm.fusion.base import register_fusion
 
 
 class CrossAttentionLayer(nn.Module):
@@ -28,6 +29,7 @@ class CrossAttentionLayer(nn.Module):
         return self.norm(x + self.dropout(attended))
 
 
+@register_fusion("text_tokens")
 class TextTokensFusion(nn.Module):
     """The text encoder's tokens, projected, then cross-attending to the other modalities' tokens.
 

@@ -10,11 +10,12 @@ from einops import rearrange
 from torch import nn
 
 from mm.encoders.base import EncoderOutput
-from mm.fusion.base import masked_softmax, mlp, presence_matrix
+from mm.fusion.base import masked_softmax, mlp, presence_matrix, register_fusion
 
 LATE_WEIGHTS = ("mean", "learned")
 
 
+@register_fusion("late")
 class LateFusion(nn.Module):
     """Late fusion: one small MLP per modality on its pooled features, averaged over present modalities.
 
@@ -65,6 +66,7 @@ class LateFusion(nn.Module):
         return torch.einsum("bm,bmh->bh", weights.to(feats.dtype), feats)  # [B, H]
 
 
+@register_fusion("gated")
 class GatedFusion(nn.Module):
     """Gated fusion: per-feature softmax gates over the present modalities' projections, then an MLP.
 

@@ -41,10 +41,10 @@ from mm.analysis import stats
 from mm.config import Config, ConfigError, DataConfig
 from mm.heads import ClassificationHead
 from mm.lowdata.shallow import Features, extract_splits, logistic_pipeline
+from mm.registry import ENCODERS
 
 LOGISTIC_C = 1.0
 EPISODE_SPLITS = ("train", "val", "test")
-MEDIA_KEYS = ("image", "audio")  # manifest values that are files relative to the dataset folder
 
 
 def episode(labels: Sequence[int] | np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -184,9 +184,9 @@ def episode_folder(out_dir: Path, data: DataConfig, k: int, seed: int) -> Path:
 def _portable(row: dict[str, Any], root: Path) -> dict[str, Any]:
     """A manifest row without its ``_where`` bookkeeping, media paths made absolute."""
     out = {k: v for k, v in row.items() if not k.startswith("_")}
-    for key in MEDIA_KEYS:
-        if isinstance(out.get(key), str):
-            out[key] = str((root / out[key]).resolve())
+    for key, value in out.items():  # a media modality's values are files relative to the dataset folder
+        if isinstance(value, str) and key in ENCODERS and ENCODERS.kind(key).media:
+            out[key] = str((root / value).resolve())
     return out
 
 
