@@ -103,12 +103,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's forward
     keep_last_n: int = 2  # checkpoints kept besides the best one (each validation writes one)
     max_nonfinite: int = 3  # consecutive non-finite losses / gradients (steps skipped) before the run stops
-    resume_allow_changes: list[str] = field(default_factory=list)  # --resume: config keys allowed to differ
     deterministic: bool = True
-    out_dir: str = "runs"
-    resume: bool = False
-    progress: bool = True
-    plots: bool = True  # confusion-matrix PNG at the end (the text report is always written)
 
 
 @dataclass
@@ -191,6 +186,17 @@ RENAMED = {
 }
 
 
+# Command-line switches that were config keys: they are run options now (``mm.run.options.RunOptions``,
+# flags of scripts/train.py), never part of the experiment. Old key -> the flag.
+MOVED = {
+    "train.out_dir": "--out-dir",
+    "train.resume": "--resume / --auto-resume",
+    "train.resume_allow_changes": "--allow-changes",
+    "train.progress": "--no-progress",
+    "train.plots": "--no-plots",
+}
+
+
 def renamed_key(key: str) -> str | None:
     """The new spelling of a renamed dotted key (``encoders.audio.encoder`` -> ``encoders.audio.name``), else None."""
     parts = key.split(".")
@@ -215,6 +221,9 @@ def _dotted_keys(tree: Any, prefix: str = "") -> list[str]:
 def check_renamed(keys: Iterable[str], where: str) -> None:
     """Raise on the first old spelling among dotted ``keys``, naming the new key."""
     for key in keys:
+        if key in MOVED:
+            raise ConfigError(f"{where}: '{key}' is not a config key any more: it is a run option, the "
+                              f"scripts/train.py flag {MOVED[key]} (mm.run.options.RunOptions in code)")
         new = renamed_key(key)
         if new is not None:
             raise ConfigError(f"{where}: '{key}' was renamed to '{new}' (see 'Renamed keys' in README.md)")
@@ -391,7 +400,7 @@ def _check_ranges(cfg: Config) -> None:
     check_range("train.keep_last_n", train.keep_last_n, 1)
     if cfg.name is not None and (cfg.name in ("", ".", "..") or Path(cfg.name).name != cfg.name or "\\" in cfg.name):
         raise ConfigError(f"invalid value for 'name': {cfg.name!r}; allowed: one folder name (no '/', '..' or "
-                          "absolute path): the run folder is train.out_dir/name")
+                          "absolute path): the run folder is OUT_DIR/name (--out-dir)")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from mm.mixing import Mixing
 from mm.model import parameter_counts
 from mm.prepare import check_data, prepare
 from mm.run import distributed, resume
-from mm.run.folder import default_run_name, run_folder
+from mm.run.folder import default_run_name, run_folder, unlock
 from mm.run.guard import Divergence, NonFiniteError, NonFiniteGuard
+from mm.run.init_from import init_source, start_classes, start_from
 from mm.run.optim import build_optimizer, build_scheduler
+from mm.run.options import RunOptions
 from mm.run.plan import Plan
 from mm.run.preemption import Preempted, StopSignals
 from mm.run.progress import Progress, learning_rates
@@ -38,31 +40,34 @@ from mm.run.stopping import EarlyStopping
 from mm.run.unfreeze import open_blocks, trainable_params
 
 # What callers (scripts, tests) reach through this module besides train().
-__all__ = ["EarlyStopping", "NonFiniteError", "default_run_name", "evaluate", "run_folder", "train", "train_step",
-           "train_subset"]
+__all__ = ["EarlyStopping", "NonFiniteError", "RunOptions", "default_run_name", "evaluate", "run_folder", "train",
+           "train_step", "train_subset"]
+
+DEFAULTS = RunOptions()  # runs/<name>, fresh, with a progress bar and plots
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train the model a config describes; return ``{"run_dir", "best_step", "val", "test", "params", ...}``,
-    the final metrics and where everything went (``run_dir/results.json``), the same on every rank."""
+def train(cfg: Config, opts: RunOptions = DEFAULTS) -> dict[str, Any]:
+    """Train the experiment ``cfg`` describes, as ``opts`` says (where, resume, what to show); return
+    ``{"run_dir", "best_step", "val", "test", "params", ...}`` (``run_dir/results.json``), the same on every rank."""
     t_start = time.perf_counter()
-    # Under torchrun every rank runs this function; rank 0 alone writes the run folder, checkpoints and
-    # W&B. All ranks seed alike, so they build the same initial model.
+    # Every rank of a torchrun job runs this; rank 0 alone writes. All seed alike: the same initial model.
     d = distributed.init(pick_device(cfg.train.device))
     seed_everything(cfg.seed, cfg.train.deterministic)
     check_data(cfg, warn=d.main)  # every problem at once, naming file and line, before any model is built
-    # The run folder; a resume continues its newest complete checkpoint, with the config it was trained with.
-    run_dir = run_folder(cfg, d)
+    source = init_source(cfg.train.init_from) if cfg.train.init_from else None  # continued fine-tuning
+    # The run folder, locked; a finished run is reported as it is; a resume checks its checkpoints and config.
+    run_dir, todo = run_folder(cfg, opts, d)
+    if todo == "finished":
+        return resume.finished(run_dir, d)
     ckpt_dir, config = run_dir / "checkpoints", to_dict(cfg)
-    found = resume.find(ckpt_dir, config, d) if cfg.train.resume else None
+    found = resume.find(ckpt_dir, config, d, opts.allow_changes) if todo == "resume" else None
     if d.main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         resume.record_changes(run_dir, found)  # the config changes a resume was allowed to make
 
-    # Model, data (decoded by the encoders), collate and feature cache: ``mm.prepare``, rank 0 first (it
-    # builds the cache). The class list comes from the training split, or the checkpoint on resume.
+    # Model, data, collate, feature cache (``mm.prepare``; rank 0 first: it builds the cache); a resume's classes.
     with distributed.main_first(d):
-        job = prepare(cfg, classes=found.state["classes"] if found else None,
+        job = prepare(cfg, classes=found.state["classes"] if found else start_classes(cfg, source),
                       device=distributed.rank_device(pick_device(cfg.train.device), d), dist=d)
     model, splits, device = job.model, job.splits, job.device
     bad_samples = {s: len(getattr(ds, "bad", ())) for s, ds in splits.items()}  # data.on_error=skip
@@ -73,9 +78,10 @@ def train(cfg: Config) -> dict[str, Any]:
     metric_key = f"val/{cfg.train.metric}"
     checkpointer = Checkpointer.build(ckpt_dir, model, cfg, config, job.classes, plan.global_batch, d)
 
-    # Weights (a resume's) go in before the model is wrapped for the ranks (DDP / FSDP) and compiled; then
-    # the optimizer over the wrapped parameters (FSDP's are sharded). fp16 scales the loss.
+    # A resume's weights, then wrap for the ranks (DDP / FSDP) and compile; the optimizer over the wrapped model.
     resume.load_resumed_weights(model, found)
+    if source and not found:  # the source's weights; a grown head keeps the old classes' rows
+        start_from(model, source, job.classes, run_dir, d)
     forward = forward_module(model, d, cfg.train, device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, plan.total_steps)
@@ -94,7 +100,7 @@ def train(cfg: Config) -> dict[str, Any]:
     guard = NonFiniteGuard(optimizer, scaler, device, resume.skipped_steps(found))
     divergence = Divergence(guard, cfg.train.max_nonfinite, cfg.train.precision, ckpt_dir, tracker)
 
-    progress = Progress(plan.total_steps, s.step, enabled=cfg.train.progress and d.main)
+    progress = Progress(plan.total_steps, s.step, enabled=opts.progress and d.main)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with StopSignals() as signals:  # SIGTERM / SIGINT / SIGUSR1: checkpoint at the next step, then exit
@@ -104,8 +110,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if open_blocks(model, cfg.encoders, s.step, plan.epoch_of(s.step)):
                 forward = forward_module(model, d, cfg.train, device) if d.enabled else forward
                 tracker.log({"train/trainable_params": trainable_params(model)}, s.step)
-            # Accumulate gradients over the group (ranks average them on the last micro-batch). Each
-            # rank's loss is weighted by its share of the global micro-batch: uneven shards average exactly.
+            # Accumulate gradients (ranks average them on the last micro-batch), weighted by each rank's share.
             for i, micro in enumerate(group):
                 batch = next(batches)
                 weight = len(batch["label"]) * d.world / len(micro)  # 1 when shards are even
@@ -118,8 +123,7 @@ def train(cfg: Config) -> dict[str, Any]:
             s.step += 1
             progress.update(1)
 
-            # Log the running loss and learning rates every 10 steps and before each validation; the
-            # summed loss and the guard's counts come to the host here, once per window.
+            # Log the running loss and learning rates (the loss and the guard's counts reach the host here).
             if plan.is_log(s.step):
                 divergence.check(s.step)
                 mean_loss, rate = s.window.flush(d)
@@ -154,7 +158,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if d.main:  # rank 0 writes the test reports (per class, predictions, bootstrap interval, calibration) and results
         tracker.log({f"test/{k}": v for k, v in test.items()}, s.step)
         extra = write_test_reports(model.head, cfg.head.name, outputs, job.classes, cfg.train.metric,
-                                   run_dir / "report", tracker, s.step, plot=cfg.train.plots)
+                                   run_dir / "report", tracker, s.step, plot=opts.plots)
         results = {
             "run_dir": str(run_dir), "best_step": s.stopper.best_step, "steps": s.step,
             "stopped_early": s.stopper.should_stop, "val": val, "test": test, **extra, "classes": len(job.classes),
@@ -163,5 +167,6 @@ def train(cfg: Config) -> dict[str, Any]:
         }
         write_results(run_dir, results, tracker, metric_key, s.stopper.best, cfg.wandb.log_model)
     results = distributed.broadcast(results, d)  # one result, the same on every rank
+    unlock(run_dir)
     distributed.close(d)
     return results

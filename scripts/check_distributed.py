@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["data.synthetic.n_train=640", "data.synthetic.n_val=160", "data.synthetic.n_test=160",
         "encoders.image.source=tiny-vit", "fusion.dropout=0.0", "train.max_steps=40", "train.eval_every=10",
-        "train.progress=false", "train.plots=false", "wandb.mode=disabled", "train.device=cpu"]
+        "--no-progress", "--no-plots", "wandb.mode=disabled", "train.device=cpu"]
 
 
 def run(cmd: list[str]) -> float:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/check_distributed"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    common = [*BASE, *args.overrides, f"train.out_dir={args.out}"]
+    common = [*BASE, *args.overrides, f"--out-dir={args.out}"]
     stamp = time.strftime("%H%M%S")
     one, many = f"one-{stamp}", f"{args.strategy}{args.nproc}-{stamp}"
     t1 = run([sys.executable, "scripts/train.py", *common, f"name={one}", f"train.batch_size={args.batch * args.nproc}"])

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mm.lowdata.shallow import C_GRID, extract_splits, fit_logistic, markdown_table
     from mm.run.runtime import pick_device
-    from mm.train import train
+    from mm.train import RunOptions, train
 
     # Features once, then the C grid on them.
     t0 = time.perf_counter()
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     # The neural heads, trained by the one training loop on the same config.
     if args.neural:
         for name, (method, extra) in neural_variants(list(cfg.data.modalities)).items():
-            run_cfg = load_config(config, [*overrides, *extra, f"name={name}", f"train.out_dir={args.out / 'runs'}"])
-            res = train(run_cfg)
+            run_cfg = load_config(config, [*overrides, *extra, f"name={name}"])
+            res = train(run_cfg, RunOptions(out_dir=str(args.out / "runs")))
             rows.append({"method": method, "trainable params": res["params"]["params/trainable"],
                          "val acc": res["val"]["accuracy"], "test acc": res["test"]["accuracy"],
                          "val macro-F1": res["val"]["macro_f1"], "test macro-F1": res["test"]["macro_f1"],

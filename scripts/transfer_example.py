@@ -83,16 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mm.backbone_export import export_run
     from mm.config import load_config
-    from mm.train import train
+    from mm.train import RunOptions, train
 
     t_start = time.perf_counter()
-    common = ["wandb.mode=disabled", "train.progress=false", *args.overrides]
+    common = ["wandb.mode=disabled", *args.overrides]
+    opts = RunOptions(out_dir=str(args.out), progress=False)
 
     # 1. Source task: colour from the picture alone, on samples the target never sees.
     source_cfg = load_config(ROOT / "configs" / "color_source.yaml", [
-        "data.synthetic.seed=1", f"train.epochs={args.source_epochs}", "name=source",
-        f"train.out_dir={args.out}", *common])
-    source = train(source_cfg)
+        "data.synthetic.seed=1", f"train.epochs={args.source_epochs}", "name=source", *common])
+    source = train(source_cfg, opts)
     print(f"source (color, image only): test accuracy {source['test']['accuracy']:.3f} after "
           f"{source['steps']} steps, {source['wall_time_s']:.0f}s", file=sys.stderr)
 
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, overrides) in variants(exported).items():
         for seed in args.seeds:
             cfg = load_config(ROOT / "configs" / "default.yaml", [
-                *budget, *overrides, f"seed={seed}", f"name={name}-s{seed}", f"train.out_dir={args.out}", *common])
-            res = train(cfg)
+                *budget, *overrides, f"seed={seed}", f"name={name}-s{seed}", *common])
+            res = train(cfg, opts)
             print(f"{name} seed {seed}: test accuracy {res['test']['accuracy']:.3f}", file=sys.stderr)
             results.setdefault(name, []).append(res)
 

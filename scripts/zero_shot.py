@@ -8,7 +8,7 @@ Embeds every val and test text with the config's text encoder (frozen, mean-pool
 ``minilm`` all-MiniLM-L6-v2's sentence embedding) and each class as its name put into the
 templates (default: ``mm.lowdata.zero_shot.TEMPLATES``, averaged); a text goes to the most similar class.
 ``--name 1=one`` puts other words than the label into the templates. Writes a run folder as
-``scripts/train.py`` does (``train.out_dir``/``name``, default ``zero_shot-<data>-text``):
+``scripts/train.py`` does (``--out-dir``/``name``, default ``zero_shot-<data>-text``):
 config.yaml, classes.json, results.json (val and test metrics of the classification head) and
 report/ (per-class report, confusion matrix, predictions, calibration). The last stdout line is a
 JSON summary. Image and audio need a joint embedding model (CLIP / CLAP); asking for them exits 2.
@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_config_arguments(parser, modalities_help="sets data.modalities (zero-shot takes text only)")
     parser.add_argument("--template", action="append", dest="templates", metavar="TEXT",
                         help="a prompt template with one {} (repeat for several; default: mm.lowdata.zero_shot.TEMPLATES)")
+    parser.add_argument("--out-dir", default="runs", help="where the run folder goes (default: runs)")
+    parser.add_argument("--no-plots", action="store_true", help="no confusion-matrix picture")
     parser.add_argument("--name", action="append", dest="names", default=[], metavar="LABEL=WORDS",
                         help="the words that stand for a class label in the templates (repeatable)")
     return parser.parse_intermixed_args(argv)
@@ -52,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         return fail(err)
 
-    from mm.train import run_folder
+    from mm.run.folder import new_folder
 
     data = cfg.data.task if cfg.data.dataset == "synthetic" else Path(cfg.data.dataset).name
     cfg.name = cfg.name or f"zero_shot-{data}-text"
-    results = zero_shot.run(cfg, run_folder(cfg), templates, names)
+    results = zero_shot.run(cfg, new_folder(Path(args.out_dir) / cfg.name), templates, names, plots=not args.no_plots)
     for split in ("val", "test"):
         print(f"{split}: " + "  ".join(f"{k}={v:.4f}" for k, v in results[split].items()), file=sys.stderr)
     print(json.dumps({"run_dir": results["run_dir"], "val": results["val"], "test": results["test"]}))

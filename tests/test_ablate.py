@@ -86,14 +86,14 @@ class CountingTrain:
         self.names: list[str] = []
         self.fail = fail or {}
 
-    def __call__(self, cfg):
+    def __call__(self, cfg, opts):
         self.names.append(cfg.name)
         if cfg.name in self.fail:
-            partial = Path(cfg.train.out_dir) / cfg.name
+            partial = Path(opts.out_dir) / cfg.name
             partial.mkdir(parents=True, exist_ok=True)
             (partial / "partial.txt").write_text("cut short")
             raise self.fail[cfg.name]
-        return REAL_TRAIN(cfg)
+        return REAL_TRAIN(cfg, opts)
 
 
 def wandb_run(run_dir: Path) -> tuple[str, str, str]:
@@ -110,7 +110,7 @@ def test_expansion_order_names_and_cell_configs(grid_file, tmp_path):
     assert [c.name for c in cells] == NAMES
     cfg = cells[2].cfg
     assert (cfg.fusion.hidden_dim, cfg.seed, cfg.name) == (32, 0, NAMES[2])
-    assert (cfg.train.out_dir, cfg.train.progress) == (str(tmp_path / "runs"), False)
+    assert (cells[2].options.out_dir, cells[2].options.progress) == (str(tmp_path / "runs"), False)
     assert (cfg.wandb.group, cfg.wandb.job_type, cfg.encoders.text.source) == ("tiny", "ablation", "tiny-bert")
 
     no_modalities = [o for o in TINY if not o.startswith("data.modalities")]
@@ -250,7 +250,7 @@ def test_grid_errors_name_the_key_and_file(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"top\.yaml: unknown top-level key 'seed'"):
         grids.load_grid(top)
     bad_value = write_grid(tmp_path / "bad_value.yaml", grid={"fusion.name": ["concat", "nope"]})
-    monkeypatch.setattr(mm_train, "train", lambda cfg: pytest.fail("a cell ran before validation"))
+    monkeypatch.setattr(mm_train, "train", lambda cfg, opts: pytest.fail("a cell ran before validation"))
     with pytest.raises(ConfigError, match=r"bad_value\.yaml: cell fusion\.name=nope__seed=0: .*'fusion\.name'"):
         grids.expand(grids.load_grid(bad_value), tmp_path)
     assert ablate.main([str(bad_value), "--out", str(tmp_path / "o")]) == 2
@@ -278,7 +278,7 @@ def test_sweep_export_gives_the_cells_configs(grid_file, tmp_path):
         argv = [*spec["command"][3:-1], *args["args_no_hyphens"]]
         parsed = train_script.parse_args(argv)
         cfg = load_config(parsed.config, parsed.overrides)
-        cfg.name, cfg.train.out_dir, cfg.train.progress = cell.cfg.name, cell.cfg.train.out_dir, False
+        cfg.name = cell.cfg.name
         assert cfg.wandb.tags == [] and cell.cfg.wandb.tags == ["tiny", f"fusion.hidden_dim={combo[0]}"]
         cfg.wandb.tags = cell.cfg.wandb.tags
         assert cfg == cell.cfg

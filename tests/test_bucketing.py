@@ -14,6 +14,7 @@ from mm.config import load_config
 from mm.data.cached import CachedSplit, FeatureTable
 from mm.data.manifest import ManifestDataset
 from mm.encoders import SpectrogramEncoder, TextEncoder
+from mm.run.options import RunOptions
 from mm.run.runtime import epoch_batches, sort_lengths
 
 # Lengths 0..99, shuffled: every sample's length differs, so sorted batches are unambiguous.
@@ -96,12 +97,13 @@ def test_dataset_lengths_text_pieces_and_audio_samples(text_audio_folder, tiny_b
 
 RUN = ["data.synthetic.n_train=192", "data.synthetic.n_val=64", "data.synthetic.n_test=64", "train.batch_size=16",
        "train.max_steps=12", "train.eval_every=4", "encoders.image.source=tiny-vit", "encoders.text.source=tiny-bert",
-       "encoders.text.trainable=full", "train.progress=false", "wandb.mode=disabled", "train.plots=false",
+       "encoders.text.trainable=full", "wandb.mode=disabled",
        "data.bucket_by_length=true"]
 
 
 def test_resume_with_bucketing_is_bitwise_identical(tmp_path, monkeypatch):
-    cfg = lambda out: load_config(None, [*RUN, f"train.out_dir={out}", "name=run"])  # noqa: E731
+    cfg = lambda out: load_config(None, [*RUN, "name=run"])  # noqa: E731
+    opts = lambda out, **kw: RunOptions(out_dir=str(out), progress=False, plots=False, **kw)  # noqa: E731
     pieces: dict[int, int] = {}  # sample -> word pieces, read off the batches the run trained on
     seen: list[list[int]] = []
     real_step = mm_train.train_step
@@ -112,7 +114,7 @@ def test_resume_with_bucketing_is_bitwise_identical(tmp_path, monkeypatch):
         return real_step(model, batch, *a, **k)
 
     monkeypatch.setattr(mm_train, "train_step", recording)
-    full = mm_train.train(cfg(tmp_path / "a"))
+    full = mm_train.train(cfg(tmp_path / "a"), opts(tmp_path / "a"))
     # 12 steps of 16 are the whole epoch once; bucketing acted: far less padding than random batches.
     assert len(seen) == 12 and sorted(i for b in seen for i in b) == list(range(192))
     lengths = [pieces[i] for i in range(192)]
@@ -129,10 +131,9 @@ def test_resume_with_bucketing_is_bitwise_identical(tmp_path, monkeypatch):
     monkeypatch.setattr(mm_train, "train_step", crashing)
     interrupted = cfg(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        mm_train.train(interrupted)
+        mm_train.train(interrupted, opts(tmp_path / "b"))
     monkeypatch.setattr(mm_train, "train_step", real_step)
-    interrupted.train.resume = True
-    resumed = mm_train.train(interrupted)
+    resumed = mm_train.train(interrupted, opts(tmp_path / "b", resume=True))
 
     assert resumed["steps"] == full["steps"] == 12
     assert resumed["val"] == full["val"] and resumed["test"] == full["test"]

@@ -157,7 +157,7 @@ def test_rerun_skips_finished_runs_and_reruns_an_interrupted_one(capacity, monke
     state["cells"]["point=linear_probe__seed=1"]["status"] = "running"  # killed during this run
     state_file.write_text(json.dumps(state))
     trained = []
-    monkeypatch.setattr(mm_train, "train", lambda cfg: trained.append(cfg.name) or REAL_TRAIN(cfg))
+    monkeypatch.setattr(mm_train, "train", lambda cfg, opts: trained.append(cfg.name) or REAL_TRAIN(cfg, opts))
     result = run(path, out)
     assert trained == ["point=linear_probe__seed=1"] and result["trained"] == trained
     assert [line.split("] ")[1][:5] for line in result["lines"]] == ["skip ", "done ", "skip ", "skip "]

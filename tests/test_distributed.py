@@ -16,19 +16,25 @@ from safetensors.torch import load_file
 import mm.train as mm_train
 from mm.config import load_config
 from mm.run.distributed import Dist, eval_batches, shard, usable
+from mm.run.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 # Text (frozen MiniLM, from the feature cache) + image (tiny ViT, fine-tuned); no dropout anywhere,
 # so one process and two must compute the same gradients.
 TINY = ["data.synthetic.n_train=160", "data.synthetic.n_val=48", "data.synthetic.n_test=50",
-        "encoders.image.source=tiny-vit", "fusion.dropout=0.0", "train.progress=false", "wandb.mode=disabled",
-        "train.max_steps=24", "train.eval_every=4", "train.plots=false"]
+        "encoders.image.source=tiny-vit", "fusion.dropout=0.0", "wandb.mode=disabled",
+        "train.max_steps=24", "train.eval_every=4"]
+
+
+def opts(out: Path, **kw) -> RunOptions:
+    return RunOptions(out_dir=str(out), progress=False, plots=False, **kw)
 
 
 def torchrun(nproc: int, out: Path, name: str, *overrides: str, resume: bool = False, env: dict | None = None,
              **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "scripts" / "train.py"), *TINY, f"train.out_dir={out}", f"name={name}", *overrides]
+           str(ROOT / "scripts" / "train.py"), *TINY, "--no-progress", "--no-plots", f"--out-dir={out}", f"name={name}",
+           *overrides]
     if resume:
         cmd += ["--resume", str(out / name)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
@@ -72,8 +78,8 @@ def test_shards_cover_every_sample_once():
 
 def test_two_ranks_train_like_one_and_resume_exactly_after_sigkill(tmp_path):
     # One process with batch 16, two with 8 each: the same global batch.
-    one = load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=one", "train.batch_size=16"])
-    mm_train.train(one)
+    one = load_config(None, [*TINY, "name=one", "train.batch_size=16"])
+    mm_train.train(one, opts(tmp_path))
     # A fresh cache folder: rank 0 builds the frozen text encoder's features, rank 1 then reads them.
     err = finish(torchrun(2, tmp_path, "two", "train.batch_size=8", env={"MM_CACHE": str(tmp_path / "cache")}))
     assert err.count("text train=built val=built test=built") == 1 and err.count("text train=hit val=hit test=hit") == 1
@@ -105,17 +111,15 @@ def test_two_ranks_train_like_one_and_resume_exactly_after_sigkill(tmp_path):
 
     # Another world size: allowed with the same global batch (1 x 16), refused otherwise.
     with pytest.raises(ValueError, match="global batch of 16"):
-        mm_train.train(load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=killed", "train.resume=true",
-                                          "train.batch_size=8"]))
-    again = mm_train.train(load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=killed",
-                                              "train.resume=true", "train.batch_size=16", "train.max_steps=28",
-                                              "train.resume_allow_changes=[train.max_steps]"]))
+        mm_train.train(load_config(None, [*TINY, "name=killed", "train.batch_size=8"]), opts(tmp_path, resume=True))
+    again = mm_train.train(load_config(None, [*TINY, "name=killed", "train.batch_size=16", "train.max_steps=28"]),
+                           opts(tmp_path, resume=True, allow_changes=("train.max_steps",)))
     assert again["steps"] == 28
 
 
 def test_fsdp_two_ranks_train_like_one_and_resume_exactly_after_sigterm(tmp_path):
-    one = load_config(None, [*TINY, f"train.out_dir={tmp_path}", "name=one", "train.batch_size=16"])
-    mm_train.train(one)
+    one = load_config(None, [*TINY, "name=one", "train.batch_size=16"])
+    mm_train.train(one, opts(tmp_path))
     finish(torchrun(2, tmp_path, "fsdp", "train.batch_size=8", "train.strategy=fsdp"))
     w1, wf = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     assert w1.keys() == wf.keys()

@@ -51,8 +51,8 @@ def run_and_data(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny
     import mm.train as mm_train
 
     out = tmp_path_factory.mktemp("drift")
-    cfg = load_config(None, [*TINY, f"train.out_dir={out}", "name=base"])
-    results = mm_train.train(cfg)
+    cfg = load_config(None, [*TINY, "name=base"])
+    results = mm_train.train(cfg, mm_train.RunOptions(out_dir=str(out), progress=False))
     root, _ = resolve_dataset(cfg.data)
     return Path(results["run_dir"]), root, out
 

@@ -21,10 +21,10 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, [
         "data.synthetic.n_train=192", "data.synthetic.n_val=64", "data.synthetic.n_test=64",
-        "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "train.max_steps=6", "train.progress=false",
-        "wandb.mode=offline", f"train.out_dir={out}",
+        "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "train.max_steps=6",
+        "wandb.mode=offline",
     ])
-    return mm_train.train(cfg)
+    return mm_train.train(cfg, mm_train.RunOptions(out_dir=str(out), progress=False))
 
 
 def test_load_run_reproduces_the_test_metrics(run):

@@ -38,7 +38,7 @@ def test_subprocess_cells_train_like_in_process_and_fail_alone(tmp_path, monkeyp
 
     # The subprocesses find this checkout's mm from any folder and never call this process's train().
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(mm_train, "train", lambda cfg: pytest.fail("trained in the runner's process"))
+    monkeypatch.setattr(mm_train, "train", lambda cfg, opts: pytest.fail("trained in the runner's process"))
     out = tmp_path / "b"
     cells = grids.expand(grid, out)
     cells[1].cfg.encoders.text.source = str(tmp_path / "missing")  # a valid config that fails to train
@@ -62,7 +62,7 @@ def test_subprocess_cells_train_like_in_process_and_fail_alone(tmp_path, monkeyp
 def test_cell_main_rejects_an_invalid_config(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {max_stepz: 2}\n")
-    monkeypatch.setattr(mm_train, "train", lambda cfg: pytest.fail("an invalid config trained"))
+    monkeypatch.setattr(mm_train, "train", lambda cfg, opts: pytest.fail("an invalid config trained"))
     assert cell.main(["--config", str(bad)]) == 2
     assert "train.max_stepz" in capsys.readouterr().err
 

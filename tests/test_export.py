@@ -17,7 +17,7 @@ from mm.config import load_config
 from mm.data import build_splits
 from mm.data.collate import Collator
 from mm.encoders import build_encoder
-from mm.train import train
+from mm.train import RunOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = ("audio", "image", "text")
@@ -33,14 +33,14 @@ SMALL = [
     "data.synthetic.n_val=16", "data.synthetic.n_test=16", "data.synthetic.audio_seconds=0.5",
     "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "encoders.audio.name=wav2vec2",
     "encoders.audio.source=tiny-wav2vec2", "train.batch_size=16", "train.max_steps=4", "train.eval_every=4",
-    "train.progress=false", "wandb.mode=disabled", "optim.backbone_lr=1e-2", "optim.warmup_ratio=0",
+    "wandb.mode=disabled", "optim.backbone_lr=1e-2", "optim.warmup_ratio=0",
 ]
 
 
 def run_and_export(out: Path, policy: str) -> Path:
     """A 4-step run with every encoder under ``policy``, exported to its default folder."""
     policies = [f"encoders.{m}.trainable={policy}" for m in MODALITIES]
-    results = train(load_config(None, [*SMALL, *policies, f"train.out_dir={out}"]))
+    results = train(load_config(None, [*SMALL, *policies]), RunOptions(out_dir=str(out), progress=False))
     run_dir = Path(results["run_dir"])
     assert export_encoders.main([str(run_dir)]) == 0
     return run_dir

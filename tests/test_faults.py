@@ -23,17 +23,23 @@ from mm.analysis.evaluation import load_run
 from mm.config import ConfigError, load_config
 from mm.run.checkpoint import CheckpointError, verify_checkpoint
 from mm.run.optim import lr_factor
+from mm.run.options import RunOptions
 from mm.run.resume import ResumeError
 
 ROOT = Path(__file__).resolve().parents[1]
 # The setting: small synthetic runs with a checkpoint every 5 steps.
 RUN = ["data.synthetic.n_train=320", "data.synthetic.n_val=64", "data.synthetic.n_test=64", "train.batch_size=16",
        "train.epochs=2", "train.eval_every=5", "encoders.image.source=tiny-vit", "encoders.text.source=tiny-bert",
-       "encoders.text.trainable=full", "train.progress=false", "wandb.mode=disabled", "train.plots=false"]
+       "encoders.text.trainable=full", "wandb.mode=disabled"]
+FLAGS = ["--no-progress", "--no-plots"]  # scripts/train.py's run options for RUN
 
 
 def cfg(out: Path, *extra: str):
-    return load_config(None, [*RUN, f"train.out_dir={out}", "name=run", *extra])
+    return load_config(None, [*RUN, "name=run", *extra])
+
+
+def opts(out: Path, **kw) -> RunOptions:
+    return RunOptions(out_dir=str(out), progress=False, plots=False, **kw)
 
 
 def last_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -49,7 +55,8 @@ def same_run(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    return mm_train.train(cfg(tmp_path_factory.mktemp("ref")))
+    out = tmp_path_factory.mktemp("ref")
+    return mm_train.train(cfg(out), opts(out))
 
 
 # A child process that SIGKILLs itself at a chosen point of the checkpoint at step 10.
@@ -78,13 +85,13 @@ runpy.run_path({script!r}, run_name="__main__")
 
 @pytest.mark.parametrize("point", ["state", "link"])
 def test_sigkill_inside_a_checkpoint_write_resumes_exactly(tmp_path, reference, point):
-    args = [*RUN, f"train.out_dir={tmp_path}", "name=run"]
+    args = [*RUN, *FLAGS, f"--out-dir={tmp_path}", "name=run"]
     code = KILL_INSIDE_SAVE.format(root=str(ROOT), point=point, args=args, script=str(ROOT / "scripts/train.py"))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     ckpt = tmp_path / "run" / "checkpoints"
     assert (ckpt / "last").resolve().name == "step-00000005"  # still the previous complete checkpoint
-    resumed = mm_train.train(cfg(tmp_path, "train.resume=true"))
+    resumed = mm_train.train(cfg(tmp_path), opts(tmp_path, resume=True))
     same_run(resumed, reference)
 
 
@@ -101,7 +108,7 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, refere
 
     monkeypatch.setattr(mm_train, "train_step", dying)
     with pytest.raises(KeyboardInterrupt):
-        mm_train.train(cfg(tmp_path))
+        mm_train.train(cfg(tmp_path), opts(tmp_path))
     monkeypatch.setattr(mm_train, "train_step", real_step)
     run = tmp_path / "run"
     last = (run / "checkpoints" / "last").resolve()
@@ -115,12 +122,12 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, refere
     with pytest.raises(CheckpointError, match="model.safetensors|state.pt"):
         verify_checkpoint(last)
     with pytest.warns(UserWarning, match="skipping a damaged checkpoint"):
-        resumed = mm_train.train(cfg(tmp_path, "train.resume=true"))
+        resumed = mm_train.train(cfg(tmp_path), opts(tmp_path, resume=True))
     same_run(resumed, reference)  # resumed from step 5: the same run in the end
 
 
 def test_altered_best_checkpoint_is_refused_by_evaluate(tmp_path):
-    run = Path(mm_train.train(cfg(tmp_path, "train.max_steps=5"))["run_dir"])
+    run = Path(mm_train.train(cfg(tmp_path, "train.max_steps=5"), opts(tmp_path))["run_dir"])
     with open(run / "checkpoints" / "best" / "model.safetensors", "r+b") as f:
         f.seek(3000)
         f.write(b"\0" * 64)
@@ -138,7 +145,7 @@ def test_one_nan_batch_is_skipped_and_counted(tmp_path, monkeypatch):
         return real_step(model, batch, *a, **k)
 
     monkeypatch.setattr(mm_train, "train_step", poisoned)
-    results = mm_train.train(cfg(tmp_path, "train.max_steps=4", "train.eval_every=1", "train.keep_last_n=10"))
+    results = mm_train.train(cfg(tmp_path, "train.max_steps=4", "train.eval_every=1", "train.keep_last_n=10"), opts(tmp_path))
     assert results["nonfinite_skipped"] == 1 and results["steps"] == 4
     ckpt = Path(results["run_dir"]) / "checkpoints"
     before, after, next_ = (load_file(str(ckpt / f"step-0000000{k}" / "model.safetensors")) for k in (2, 3, 4))
@@ -150,7 +157,7 @@ def test_one_nan_batch_is_skipped_and_counted(tmp_path, monkeypatch):
 
 def test_persistent_nan_stops_and_saves_nothing_non_finite(tmp_path):
     # The divergence: huge learning rates, no clipping.
-    proc = subprocess.run([sys.executable, "scripts/train.py", *RUN, f"train.out_dir={tmp_path}", "name=run",
+    proc = subprocess.run([sys.executable, "scripts/train.py", *RUN, *FLAGS, f"--out-dir={tmp_path}", "name=run",
                            "optim.lr=1e9", "optim.backbone_lr=1e9", "optim.max_grad_norm=0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "training diverged" in proc.stderr and "in a row" in proc.stderr, proc.stderr[-2000:]
@@ -167,7 +174,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 @pytest.mark.parametrize("signals", [1, 2], ids=["sigterm", "sigterm-twice"])
 def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path, reference, signals):
-    proc = subprocess.Popen([sys.executable, "scripts/train.py", *RUN, f"train.out_dir={tmp_path}", "name=run"],
+    proc = subprocess.Popen([sys.executable, "scripts/train.py", *RUN, *FLAGS, f"--out-dir={tmp_path}", "name=run"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(tmp_path / "run" / "checkpoints" / "step-00000005", proc)
     for _ in range(signals):  # a second signal lands while the first one's checkpoint is written
@@ -180,27 +187,27 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(tmp_path, refe
     step = int(last.name.split("-")[1])
     assert 5 <= step < 40  # saved mid-run (often between two validations)
     if signals == 1:  # what a requeued cluster job runs: the same command, --auto-resume
-        proc = subprocess.run([sys.executable, "scripts/train.py", "--auto-resume", *RUN, f"train.out_dir={tmp_path}",
-                               "name=run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "scripts/train.py", "--auto-resume", *RUN, *FLAGS,
+                               f"--out-dir={tmp_path}", "name=run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         resumed = json.loads((tmp_path / "run" / "results.json").read_text())
     else:
-        resumed = mm_train.train(cfg(tmp_path, "train.resume=true"))
+        resumed = mm_train.train(cfg(tmp_path), opts(tmp_path, resume=True))
     same_run(resumed, reference)
 
 
 def test_resume_with_a_changed_config_is_refused_or_applied(tmp_path):
-    mm_train.train(cfg(tmp_path, "train.max_steps=10"))
+    mm_train.train(cfg(tmp_path, "train.max_steps=10"), opts(tmp_path))
     config_before = (tmp_path / "run" / "config.yaml").read_text()
     with pytest.raises(ResumeError) as err:
-        mm_train.train(cfg(tmp_path, "train.resume=true", "train.max_steps=10", "optim.lr=0.01",
-                           "optim.max_grad_norm=5"))
+        mm_train.train(cfg(tmp_path, "train.max_steps=10", "optim.lr=0.01", "optim.max_grad_norm=5"),
+                       opts(tmp_path, resume=True))
     assert "optim.lr: 0.001 -> 0.01" in str(err.value) and "optim.max_grad_norm: 1.0 -> 5.0" in str(err.value)
     assert (tmp_path / "run" / "config.yaml").read_text() == config_before  # nothing written
 
     # Allowed: the new learning rate really applies from the resumed step on, and is recorded.
-    results = mm_train.train(cfg(tmp_path, "train.resume=true", "train.max_steps=20", "optim.lr=0.01",
-                                 "train.resume_allow_changes=[optim.lr,train.max_steps]"))
+    results = mm_train.train(cfg(tmp_path, "train.max_steps=20", "optim.lr=0.01"),
+                             opts(tmp_path, resume=True, allow_changes=("optim.lr", "train.max_steps")))
     assert results["steps"] == 20
     run = tmp_path / "run"
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -214,4 +221,4 @@ def test_resume_with_a_changed_config_is_refused_or_applied(tmp_path):
 def test_run_names_cannot_leave_the_output_folder(tmp_path):
     for name in ("../../x", "/abs/dir", "a/b", ".."):
         with pytest.raises(ConfigError, match="'name'"):
-            load_config(None, [f"name={name}", f"train.out_dir={tmp_path}"])
+            load_config(None, [f"name={name}"])

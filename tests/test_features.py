@@ -185,7 +185,7 @@ def test_cache_switch_token_head_and_augmentation_turn_caching_off(text_enc, ima
 
 
 TINY = ["data.synthetic.n_train=96", "data.synthetic.n_val=32", "data.synthetic.n_test=32", "train.batch_size=16",
-        "train.max_steps=6", "train.eval_every=3", "train.progress=false", "wandb.mode=disabled",
+        "train.max_steps=6", "train.eval_every=3", "wandb.mode=disabled",
         "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "encoders.image.trainable=frozen",
         "fusion.modality_dropout=0.3"]
 
@@ -218,7 +218,8 @@ def test_training_on_cached_features_equals_training_without(tmp_path, monkeypat
     def run(*extra: str) -> dict:
         for k in calls:
             calls[k] = 0
-        return mm_train.train(load_config(None, [*TINY, f"train.out_dir={tmp_path / 'runs'}", *extra]))
+        return mm_train.train(load_config(None, [*TINY, *extra]),
+                              mm_train.RunOptions(out_dir=str(tmp_path / "runs"), progress=False))
 
     def statuses(results: dict) -> dict[str, set[str]]:
         return {m: {e["status"] for e in r["splits"].values()} for m, r in results["feature_cache"].items()}

@@ -136,7 +136,7 @@ def test_summary_and_markdown_of_rows():
 
 TINY = ["data.task=shape", "data.modalities=[text]", "encoders.text.source=tiny-bert", "data.synthetic.n_train=30",
         "data.synthetic.n_val=12", "data.synthetic.n_test=12", "train.batch_size=4", "train.max_steps=2",
-        "train.eval_every=2", "wandb.mode=disabled", "train.plots=false"]
+        "train.eval_every=2", "wandb.mode=disabled"]
 SHOTS = {"kind": "shots", "overrides": TINY, "shots": [1, 2], "seeds": [0, 1], "zero_shot": True, "methods": [
     {"name": "linear_probe", "overrides": ["encoders.text.trainable=linear_probe"]},
     {"name": "prompt", "overrides": ["encoders.text.trainable=prompt", "encoders.text.prompt_tokens=2",

@@ -332,16 +332,15 @@ def test_conll_folder_is_a_token_dataset(ner_folder: Path, text_enc: TextEncoder
 
 
 def test_ner_trains_end_to_end_on_conll_files(ner_folder: Path, tmp_path: Path):
-    from mm.train import train
+    from mm.train import RunOptions, train
 
     cfg = load_config(None, [
         f"data.dataset={ner_folder}", "data.modalities=[text]", "head.name=token", "fusion.name=text_tokens",
         "fusion.hidden_dim=32", "encoders.text.source=tiny-bert", "encoders.text.trainable=full",
         "train.max_steps=60", "train.batch_size=16", "train.eval_every=20", "train.metric=entity_f1",
-        "optim.lr=3e-3", "optim.backbone_lr=1e-3", "train.progress=false", "wandb.mode=disabled",
-        f"train.out_dir={tmp_path}",
+        "optim.lr=3e-3", "optim.backbone_lr=1e-3", "wandb.mode=disabled",
     ])
-    results = train(cfg)
+    results = train(cfg, RunOptions(out_dir=str(tmp_path), progress=False))
     assert set(results["test"]) == {"loss", "entity_precision", "entity_recall", "entity_f1", "accuracy"}
     assert json.loads((Path(results["run_dir"]) / "classes.json").read_text()) == ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
     # tagging every word O finds no entity (entity F1 0) and gets only the O words right

@@ -68,14 +68,13 @@ def test_mixing_needs_a_classifier_without_text():
 
 
 def test_a_mixed_training_run(tmp_path):
-    from mm.train import train
+    from mm.train import RunOptions, train
 
     cfg = load_config(None, [
         "data.modalities=[image]", "data.task=color", "encoders.image.source=tiny-cnn", "encoders.image.trainable=frozen",
         "data.synthetic.n_train=64", "data.synthetic.n_val=16", "data.synthetic.n_test=16", "train.max_steps=3",
-        "train.batch_size=16", "train.mixup=0.2", "train.cutmix=1.0", "train.progress=false", "wandb.mode=disabled",
-        f"train.out_dir={tmp_path}",
+        "train.batch_size=16", "train.mixup=0.2", "train.cutmix=1.0", "wandb.mode=disabled",
     ])
-    results = train(cfg)
+    results = train(cfg, RunOptions(out_dir=str(tmp_path), progress=False))
     assert results["feature_cache"]["image"] == {"used": False, "reason": "mixup/cutmix blend the inputs"}
     assert results["steps"] == 3

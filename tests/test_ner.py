@@ -178,16 +178,15 @@ def test_token_report_counts_every_entity_type(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def tags_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from mm.train import train
+    from mm.train import RunOptions, train
 
     cfg = load_config(None, [
         "data.task=tags", "data.modalities=[text]", "head.name=token", "fusion.name=text_tokens",
         "data.synthetic.n_train=160", "data.synthetic.n_val=16", "data.synthetic.n_test=40",
         "fusion.hidden_dim=16", "encoders.text.source=tiny-bert", "train.max_steps=4", "train.batch_size=16",
-        "train.metric=entity_f1", "train.progress=false", "wandb.mode=offline", "head.crf=true",
-        f"train.out_dir={tmp_path_factory.mktemp('runs')}",
+        "train.metric=entity_f1", "wandb.mode=offline", "head.crf=true",
     ])
-    return train(cfg)
+    return train(cfg, RunOptions(out_dir=str(tmp_path_factory.mktemp("runs")), progress=False))
 
 
 def test_training_writes_the_per_entity_report(tags_run: dict):

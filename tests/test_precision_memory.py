@@ -61,9 +61,10 @@ def test_grad_checkpointing_from_the_config(tmp_path):
 def test_compiled_run_matches_the_eager_run(tmp_path):
     args = ["data.synthetic.n_train=96", "data.synthetic.n_val=32", "data.synthetic.n_test=32",
             "encoders.image.source=tiny-vit", "train.max_steps=3", "train.batch_size=16", "fusion.dropout=0.0",
-            "train.progress=false", "wandb.mode=disabled", "train.plots=false"]
-    eager = mm_train.train(load_config(None, [*args, f"train.out_dir={tmp_path / 'e'}"]))
-    compiled = mm_train.train(load_config(None, [*args, f"train.out_dir={tmp_path / 'c'}", "train.compile=true"]))
+            "wandb.mode=disabled"]
+    opts = lambda out: mm_train.RunOptions(out_dir=str(out), progress=False, plots=False)  # noqa: E731
+    eager = mm_train.train(load_config(None, args), opts(tmp_path / "e"))
+    compiled = mm_train.train(load_config(None, [*args, "train.compile=true"]), opts(tmp_path / "c"))
     assert compiled["test"]["accuracy"] == eager["test"]["accuracy"]
     assert compiled["val"]["loss"] == pytest.approx(eager["val"]["loss"], rel=1e-4)
 

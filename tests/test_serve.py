@@ -66,12 +66,12 @@ def tiny_run() -> dict:
         "data.modalities=[text,image,audio]", "data.synthetic.n_train=64", "data.synthetic.n_val=16",
         "data.synthetic.n_test=16", "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit",
         "encoders.audio.encoder=spectrogram", "encoders.audio.source=tiny-cnn", "train.max_steps=2",
-        "train.progress=false", "wandb.mode=disabled", f"train.out_dir={out}",
+        "wandb.mode=disabled",
     ])
     done = out / "run_dir.txt"
     if not done.is_file():
         done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(str(mm_train.train(cfg)["run_dir"]))
+        done.write_text(str(mm_train.train(cfg, mm_train.RunOptions(out_dir=str(out), progress=False))["run_dir"]))
     root, _ = resolve_dataset(cfg.data)
     return {"run_dir": Path(done.read_text()), "root": root, "rows": read_manifest(root / "test.jsonl")}
 

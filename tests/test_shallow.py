@@ -95,7 +95,7 @@ def test_every_encoder_is_forced_frozen() -> None:
 
 def test_script_prints_one_comparison_table(tmp_path: Path, capsys) -> None:
     import shallow_baseline as script
-    args = ["data.task=shape", "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", *SIZES, "train.max_steps=2", "train.progress=false",
+    args = ["data.task=shape", "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", *SIZES, "train.max_steps=2",
             "wandb.mode=disabled", "--modalities", "text,image", "--C", "0.1", "1", "--neural", "--out", str(tmp_path)]
     assert script.main(args) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])

@@ -25,7 +25,7 @@ from mm.wandb_offline import read_offline_history, read_records
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [  # tests/test_train.py's tiny synthetic settings
     "data.synthetic.n_train=640", "data.synthetic.n_val=160", "data.synthetic.n_test=160",
-    "train.batch_size=32", "train.progress=false", "wandb.mode=disabled", "encoders.image.source=tiny-vit",
+    "train.batch_size=32", "wandb.mode=disabled", "encoders.image.source=tiny-vit",
 ]
 
 
@@ -213,9 +213,10 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     import mm.train as mm_train
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [*SMALL, f"train.out_dir={out}", "name=short", "train.max_steps=2"])
-    longer = load_config(None, [*SMALL, f"train.out_dir={out}", "name=long", "train.max_steps=40", "wandb.mode=offline"])
-    return mm_train.train(cfg), mm_train.train(longer)
+    cfg = load_config(None, [*SMALL, "name=short", "train.max_steps=2"])
+    longer = load_config(None, [*SMALL, "name=long", "train.max_steps=40", "wandb.mode=offline"])
+    opts = mm_train.RunOptions(out_dir=str(out), progress=False)
+    return mm_train.train(cfg, opts), mm_train.train(longer, opts)
 
 
 def test_a_classification_run_writes_its_test_reports(two_runs: tuple[dict, dict]):
@@ -306,10 +307,9 @@ def test_multilabel_run_writes_a_per_label_report(tmp_path: Path):
     cfg = load_config(None, [
         "data.task=multilabel", "head.name=multilabel", "data.modalities=[text]", "encoders.text.source=tiny-bert",
         "data.synthetic.n_train=64", "data.synthetic.n_val=16", "data.synthetic.n_test=32", "train.batch_size=16",
-        "train.max_steps=2", "train.metric=micro_f1", "train.progress=false", "wandb.mode=disabled",
-        f"train.out_dir={tmp_path}",
+        "train.max_steps=2", "train.metric=micro_f1", "wandb.mode=disabled",
     ])
-    results = mm_train.train(cfg)
+    results = mm_train.train(cfg, mm_train.RunOptions(out_dir=str(tmp_path), progress=False))
     report_dir = Path(results["run_dir"]) / "report"
     classes = json.loads((Path(results["run_dir"]) / "classes.json").read_text())
     report = json.loads((report_dir / "test_report.json").read_text())

@@ -13,24 +13,29 @@ from safetensors.torch import load_file
 import mm.train as mm_train
 from mm.config import load_config
 from mm.data.synthetic import ceiling
+from mm.run.options import RunOptions
 from mm.wandb_offline import read_offline_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "data.synthetic.n_train=640", "data.synthetic.n_val=160", "data.synthetic.n_test=160",
-    "train.batch_size=32", "train.progress=false", "wandb.mode=disabled", "encoders.image.source=tiny-vit",
+    "train.batch_size=32", "wandb.mode=disabled", "encoders.image.source=tiny-vit",
 ]
 
 
 def small_cfg(tmp_path, *extra):
-    return load_config(None, [*SMALL, f"train.out_dir={tmp_path}", *extra])
+    return load_config(None, [*SMALL, *extra])
+
+
+def opts(tmp_path, **kw) -> RunOptions:
+    return RunOptions(out_dir=str(tmp_path), progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg = small_cfg(out, "train.epochs=4", "wandb.mode=offline")
-    return cfg, mm_train.train(cfg)
+    return cfg, mm_train.train(cfg, opts(out))
 
 
 def test_training_learns_beyond_unimodal_ceilings(learned):
@@ -106,9 +111,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     base = ["train.max_steps=12", "train.eval_every=4", "encoders.text.source=tiny-bert",
             "encoders.text.trainable=full", "data.synthetic.n_train=192"]
     args = [*base, *extra]
-    full = mm_train.train(small_cfg(tmp_path / "a", *args))
+    full = mm_train.train(small_cfg(tmp_path / "a", *args), opts(tmp_path / "a"))
     if extra:  # the setting really acted (augmentation, fp16 autocast): without it the run ends elsewhere
-        plain = mm_train.train(small_cfg(tmp_path / "c", *base))
+        plain = mm_train.train(small_cfg(tmp_path / "c", *base), opts(tmp_path / "c"))
         assert plain["val"]["loss"] != full["val"]["loss"]
     if "train.precision=fp16" in extra:  # the GradScaler's state is saved with the checkpoint
         state = torch.load(Path(full["run_dir"]) / "checkpoints/last/state.pt", weights_only=True)
@@ -126,10 +131,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     monkeypatch.setattr(mm_train, "train_step", crashing_step)
     cfg = small_cfg(tmp_path / "b", *args)
     with pytest.raises(KeyboardInterrupt):
-        mm_train.train(cfg)
+        mm_train.train(cfg, opts(tmp_path / "b"))
     monkeypatch.setattr(mm_train, "train_step", real_step)
-    cfg.train.resume = True
-    resumed = mm_train.train(cfg)
+    resumed = mm_train.train(cfg, opts(tmp_path / "b", resume=True))
 
     assert resumed["steps"] == full["steps"] == 12
     assert resumed["val"] == full["val"] and resumed["test"] == full["test"]
@@ -154,7 +158,7 @@ def test_default_yaml_is_what_make_train_runs():
 
 
 def test_cli_run_prints_json_summary_last(tmp_path):
-    cmd = [sys.executable, "scripts/train.py", "--modalities", "image", *SMALL, f"train.out_dir={tmp_path}",
+    cmd = [sys.executable, "scripts/train.py", "--modalities", "image", *SMALL, "--no-progress", f"--out-dir={tmp_path}",
            "train.max_steps=3", "data.task=color", "data.synthetic.n_train=96"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -197,7 +201,7 @@ def test_training_stops_early_and_tests_the_best_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(mm_train, "evaluate", fake_evaluate)
     cfg = small_cfg(tmp_path, "encoders.text.source=tiny-bert", "data.synthetic.n_train=96", "train.batch_size=16",
                     "train.eval_every=2", "train.max_steps=20", "train.patience=2")
-    results = mm_train.train(cfg)
+    results = mm_train.train(cfg, opts(tmp_path))
     # val accuracy at steps 2, 4, 6, 8: 0.5, 0.7 (best), 0.6, 0.65 -> stop at step 8, best step 4
     assert results["stopped_early"] and results["steps"] == 8 and results["best_step"] == 4
 

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "data.synthetic.n_train=64",
     "data.synthetic.n_val=32", "data.synthetic.n_test=32", "train.batch_size=16", "wandb.mode=offline",
-]  # grids and curves set train.progress themselves
+]  # grids and curves turn the progress bar off themselves
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, like a real W&B key
 
 
@@ -230,9 +230,9 @@ def test_a_cell_done_with_other_tags_stays_done(tmp_path):
 def logged(tmp_path_factory):
     """A run with wandb.log_model=true whose best (step 1: min_delta 1 lets nothing improve on it) and last (step 3) differ."""
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [*TINY, "train.progress=false", "train.max_steps=3", "train.eval_every=1", "train.min_delta=1",
-                             "wandb.log_model=true", f"train.out_dir={out}"])
-    results = mm_train.train(cfg)
+    cfg = load_config(None, [*TINY, "train.max_steps=3", "train.eval_every=1", "train.min_delta=1",
+                             "wandb.log_model=true"])
+    results = mm_train.train(cfg, mm_train.RunOptions(out_dir=str(out), progress=False))
     return Path(results["run_dir"]), results
 
 
@@ -280,9 +280,8 @@ def test_a_checkpoint_both_best_and_last_is_one_version_with_both_aliases(tmp_pa
 
 
 def test_without_log_model_no_artifact_is_logged(tmp_path):
-    cfg = load_config(None, [*TINY, "train.progress=false", "data.modalities=[text]", "train.max_steps=1",
-                             f"train.out_dir={tmp_path}"])
-    run_dir = Path(mm_train.train(cfg)["run_dir"])
+    cfg = load_config(None, [*TINY, "data.modalities=[text]", "train.max_steps=1"])
+    run_dir = Path(mm_train.train(cfg, mm_train.RunOptions(out_dir=str(tmp_path), progress=False))["run_dir"])
     assert [a["type"] for a in read_offline_run(run_dir)["artifacts"] if a["type"] == "model"] == []
     assert not (run_dir / "artifacts").exists()
 

@@ -54,8 +54,7 @@ def topics(tmp_path_factory) -> Path:
 
 
 def overrides(root: Path, out: Path) -> list[str]:
-    return [f"data.dataset={root}", "data.modalities=[text]", "encoders.text.source=minilm", "wandb.mode=disabled",
-            f"train.out_dir={out}", "train.plots=false"]
+    return [f"data.dataset={root}", "data.modalities=[text]", "encoders.text.source=minilm", "wandb.mode=disabled"]
 
 
 def test_minilm_zero_shot_accuracy_follows_from_the_construction(topics, tmp_path):
@@ -71,7 +70,8 @@ def test_minilm_zero_shot_accuracy_follows_from_the_construction(topics, tmp_pat
 
 def test_script_writes_results_and_reports_like_a_trained_run(topics, tmp_path, capsys):
     import zero_shot as script
-    assert script.main([*overrides(topics, tmp_path), "name=topics", "--template", TEMPLATE]) == 0
+    assert script.main([*overrides(topics, tmp_path), f"--out-dir={tmp_path}", "--no-plots", "name=topics",
+                        "--template", TEMPLATE]) == 0
     run = tmp_path / "topics"
     results = json.loads((run / "results.json").read_text())
     assert results["test"]["accuracy"] == 0.75 and results["val"]["accuracy"] == 1.0

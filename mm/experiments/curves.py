@@ -319,7 +319,7 @@ def shots_rows(curve: Curve, methods: tuple[list[fewshot.FrozenMethod], zero_sho
                out_dir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Writes a shots curve's episode folders; returns the rows of its zero-shot and frozen-feature methods."""
     frozen, zero = methods
-    group = [f"wandb.group={curve.name}", f"train.out_dir={out_dir / 'runs'}"]
+    group = [f"wandb.group={curve.name}"]
     data = load_config(curve.base, curve.overrides).data
     labels = fewshot.write_episodes(out_dir, data, curve.values, curve.seeds)
     rows = []

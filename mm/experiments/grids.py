@@ -84,7 +84,7 @@ from mm.experiments.spec import (
 if TYPE_CHECKING:
     from mm.tracking import Tracker
 
-GRID_KEYS = {"base", "overrides", "grid", "seeds", "name", "metric", "ceilings"}
+GRID_KEYS = {"base", "overrides", "grid", "seeds", "name", "metric", "ceilings", "plots"}
 
 
 def load_grid(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = ()) -> Grid:
@@ -120,7 +120,7 @@ def load_grid(path: str | Path, extra_overrides: list[str] | tuple[str, ...] = (
     seeds = check_seeds(raw.get("seeds", [0]), path)
     return Grid(path=path, name=str(raw.get("name") or path.stem), base=resolve_base(raw.get("base"), path, "grid"),
                 overrides=overrides, grid=grid, seeds=seeds, metric=raw.get("metric"),
-                ceilings=bool(raw.get("ceilings", False)))
+                ceilings=bool(raw.get("ceilings", False)), plots=bool(raw.get("plots", True)))
 
 
 def expand(grid: Grid, out_dir: Path) -> list[Cell]:
@@ -139,7 +139,8 @@ def expand(grid: Grid, out_dir: Path) -> list[Cell]:
                         [o for _, bundle in combo for o in bundle])
                 for combo in itertools.product(*axes)]
     return tag_cells(expand_cells(grid.path, grid.base, grid.overrides, variants, grid.seeds, out_dir,
-                                  group=grid.name, job_type="ablation", ceilings=grid.ceilings), grid.name)
+                                  group=grid.name, job_type="ablation", ceilings=grid.ceilings, plots=grid.plots),
+                     grid.name)
 
 
 def grid_dict(grid: Grid, metric: str) -> dict[str, Any]:

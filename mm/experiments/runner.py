@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from mm.config import Config, ConfigError, load_config, to_yaml
 from mm.experiments.spec import ROOT, Cell, label_value
+from mm.run.options import RunOptions
 from mm.run.runtime import pick_device
 
 if TYPE_CHECKING:
@@ -264,16 +265,18 @@ def run_in_process(cell: Cell) -> dict[str, Any]:
     cuda = pick_device(cell.cfg.train.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    mm_train.train(copy.deepcopy(cell.cfg))
+    mm_train.train(copy.deepcopy(cell.cfg), cell.options)
     if cuda:
         return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "peak_memory_kind": "cuda_max_allocated"}
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "runner_peak_rss"}
 
 
-def cell_command(config: Path) -> list[str]:
-    """The command that trains one cell's config file in a fresh interpreter."""
-    return [sys.executable, "-m", "mm.experiments.cell", "--config", str(config)]
+def cell_command(config: Path, options: RunOptions) -> list[str]:
+    """The command that trains one cell's config file in a fresh interpreter, with the cell's run options."""
+    flags = [f"--out-dir={options.out_dir}", *(["--no-progress"] if not options.progress else []),
+             *(["--no-plots"] if not options.plots else [])]
+    return [sys.executable, "-m", "mm.experiments.cell", "--config", str(config), *flags]
 
 
 def run_subprocess(cell: Cell, out_dir: Path) -> dict[str, Any]:
@@ -292,7 +295,7 @@ def run_subprocess(cell: Cell, out_dir: Path) -> dict[str, Any]:
     # This checkout's mm first on the path, wherever the runner was started from.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     with log_file.open("w") as log:
-        proc = subprocess.Popen(cell_command(config), stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cell_command(config, cell.options), stdout=log, stderr=subprocess.STDOUT, env=env)
         _LIVE.add(proc)
         try:
             # wait4 gives this child's own resource usage, unlike RUSAGE_CHILDREN.

@@ -19,20 +19,23 @@ from typing import Any
 import yaml
 
 from mm.config import Config, ConfigError, load_config
+from mm.run.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[2]
-RESERVED_KEYS = {"seed", "name", "train.out_dir", "train.progress", "wandb.group", "wandb.job_type"}
+RESERVED_KEYS = {"seed", "name", "wandb.group", "wandb.job_type"}
 MAX_NAME = 120  # longer cell names keep a prefix and a hash
 
 
 @dataclass
 class Cell:
-    """One run of a grid or curve: the values that name it, a seed, and its validated config."""
+    """One run of a grid or curve: the values that name it, a seed, its validated config, and how it runs
+    (its folder ``options.out_dir/name``, no progress bar)."""
 
     name: str
     values: dict[str, Any]
     seed: int
     cfg: Config = field(repr=False)
+    options: RunOptions = field(default_factory=RunOptions, repr=False)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Grid:
     seeds: list[int]
     metric: str | None = None
     ceilings: bool = False
+    plots: bool = True  # each cell's confusion-matrix picture (a run option, not config)
 
 
 @dataclass
@@ -155,8 +159,7 @@ def override_keys(overrides: Iterable[str]) -> list[str]:
 
 def runner_overrides(name: str, seed: int, out_dir: Path, group: str, job_type: str) -> list[str]:
     """What the runner sets for every cell: exactly the keys of ``RESERVED_KEYS``."""
-    return [f"seed={seed}", f"name={name}", f"train.out_dir={out_dir / 'runs'}", "train.progress=false",
-            f"wandb.group={group}", f"wandb.job_type={job_type}"]
+    return [f"seed={seed}", f"name={name}", f"wandb.group={group}", f"wandb.job_type={job_type}"]
 
 
 def resolve_base(base: str | None, spec_path: Path, what: str) -> Path | None:
@@ -208,7 +211,7 @@ class Variant:
 
 def expand_cells(path: Path, base: Path | None, overrides: list[str], variants: Iterable[Variant],
                  seeds: list[int], out_dir: Path, *, group: str, job_type: str, what: str = "cell",
-                 ceilings: bool = False) -> list[Cell]:
+                 ceilings: bool = False, plots: bool = True) -> list[Cell]:
     """The cells of a spec, variant by seed, each config loaded and checked before anything runs.
 
     Args:
@@ -222,6 +225,7 @@ def expand_cells(path: Path, base: Path | None, overrides: list[str], variants: 
         job_type: The W&B job type of every cell.
         what: How errors call a cell (``cell``, ``run``).
         ceilings: Whether the spec asks for Bayes ceilings (synthetic data only).
+        plots: Whether each cell draws its confusion-matrix picture (``--no-plots``).
 
     Raises:
         ConfigError: a cell's config is invalid (the message names the file and the cell), or
@@ -237,7 +241,8 @@ def expand_cells(path: Path, base: Path | None, overrides: list[str], variants: 
                 check_cell(cfg, ceilings)
             except ConfigError as err:
                 raise ConfigError(f"{path}: {what} {name}: {err}") from None
-            cells.append(Cell(name, variant.values, seed, cfg))
+            options = RunOptions(out_dir=str(out_dir / "runs"), progress=False, plots=plots)
+            cells.append(Cell(name, variant.values, seed, cfg, options))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: {what}s share names (duplicate values?): {names}")

@@ -79,7 +79,7 @@ def grid_summary(grid: Grid, cells: list[Cell], rows: list[dict[str, Any]], metr
         if cell.name in by_cell:
             key = tuple(label_value(v) for v in cell.values.values())
             groups[key]["_rows"].append(by_cell[cell.name])
-            runs[key][cell.seed] = Path(cell.cfg.train.out_dir) / cell.cfg.name
+            runs[key][cell.seed] = Path(cell.options.out_dir) / cell.cfg.name
     table = []
     for group in groups.values():
         found = group.pop("_rows")

@@ -151,7 +151,7 @@ def zero_shot(cfg: Config, templates: Sequence[str] = TEMPLATES, names: dict[str
                     sum(p.numel() for p in model.encoders.parameters()))
 
 
-def write_run(cfg: Config, result: ZeroShot, run_dir: Path, wall_time_s: float) -> dict[str, Any]:
+def write_run(cfg: Config, result: ZeroShot, run_dir: Path, wall_time_s: float, plots: bool = True) -> dict[str, Any]:
     """Write a zero-shot evaluation as a trained run writes its results: ``config.yaml``,
     ``classes.json``, ``results.json`` (val/test metrics, 0 trainable parameters) and the test
     reports in ``report/`` (``mm.analysis.reports.write_test_reports``), also logged to W&B (job type ``zero-shot``).
@@ -171,7 +171,7 @@ def write_run(cfg: Config, result: ZeroShot, run_dir: Path, wall_time_s: float) 
         tracker.summary(counts)
         outputs = {"logits": [result.logits["test"]], "labels": [result.labels["test"]]}
         extra = write_test_reports(result.head, "classification", outputs, result.classes, cfg.train.metric,
-                                   run_dir / "report", tracker, 0, plot=cfg.train.plots)
+                                   run_dir / "report", tracker, 0, plot=plots)
         tracker.log({**{f"val/{k}": v for k, v in result.metrics["val"].items()},
                      **{f"test/{k}": v for k, v in result.metrics["test"].items()}}, 0)
         tracker.summary({f"test/{k}": v for k, v in result.metrics["test"].items()})
@@ -183,11 +183,11 @@ def write_run(cfg: Config, result: ZeroShot, run_dir: Path, wall_time_s: float) 
 
 
 def run(cfg: Config, run_dir: Path, templates: Sequence[str] = TEMPLATES,
-        names: dict[str, str] | None = None) -> dict[str, Any]:
+        names: dict[str, str] | None = None, plots: bool = True) -> dict[str, Any]:
     """``zero_shot`` on val and test, written to ``run_dir`` by ``write_run``; returns the results."""
     t0 = time.perf_counter()
     result = zero_shot(cfg, templates, names)
-    return write_run(cfg, result, run_dir, time.perf_counter() - t0)
+    return write_run(cfg, result, run_dir, time.perf_counter() - t0, plots)
 
 
 # ---- The k = 0 point of a shots curve (mm.experiments.curves) ----

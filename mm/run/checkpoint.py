@@ -97,13 +97,6 @@ def load_weights(model: nn.Module, path: Path, verify: bool = True) -> None:
             )
 
 
-def save_state(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def load_state(path: Path) -> dict[str, Any]:
     """Read ``state.pt`` (``weights_only``: tensors and plain types, never arbitrary objects).
 
@@ -196,6 +189,11 @@ def _point(root: Path, name: str, target: Path) -> None:
     _fsync(root)
 
 
+def point_best(root: Path, target: Path) -> None:
+    """Switch ``best`` to ``target`` atomically (a resume that fell back to an earlier checkpoint)."""
+    _point(root, "best", target)
+
+
 def _prune(root: Path, keep_last: int) -> None:
     protected = {(root / n).resolve() for n in ("last", "best") if (root / n).exists()}
     steps = sorted(root.glob("step-*"))
@@ -210,13 +208,17 @@ def _prune(root: Path, keep_last: int) -> None:
 def verify_checkpoint(folder: Path) -> None:
     """Check every file of ``folder`` against its manifest (size, then sha256).
 
-    A folder without a manifest was written by an older mm and is accepted as it is.
+    Every ``step-*`` folder is written with its manifest (the manifest is written before the folder
+    gets its name), so one without is damaged. Only a plain ``last`` / ``best`` folder of an older mm
+    (from before step folders) has none; it is accepted as it is.
 
     Raises:
         CheckpointError: naming the folder, the file and what is wrong.
     """
     manifest = folder / MANIFEST
     if not manifest.is_file():
+        if folder.resolve().name.startswith("step-"):
+            raise CheckpointError(f"{manifest}: missing (every step folder is written with one): damaged")
         if not (folder / WEIGHTS).is_file():
             raise CheckpointError(f"{folder}: no {WEIGHTS}")
         return

@@ -120,7 +120,7 @@ def run_trial(search: Search, study: Any, trial: Any, out_dir: Path, log: Callab
     metric_key, reported, steps, pruned = f"val/{search.metric}", set(), 0, False
     beat, t0 = time.monotonic(), time.monotonic()
     with log_file.open("w") as out:
-        proc = subprocess.Popen(cell_command(config), stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cell_command(config, cell.options), stdout=out, stderr=subprocess.STDOUT, env=env)
         follower = MetricsFollower(run_dir / "metrics.jsonl")
         try:
             while True:

@@ -16,7 +16,7 @@ starting from an empty feature cache (so its time includes building the cache), 
 loaded), the cached grid first, so the uncached one finds the image files in the page cache. It
 reports both wall times, their ratio, and whether each cell's metrics are identical, as a Markdown
 table printed and written, with the raw numbers, to ``<out>/bench_cache.{md,json}``. Cells run with
-``train.plots=false`` (no confusion-matrix PNG, about 1 s of matplotlib per cell on this CPU) in both
+``plots=False`` (no confusion-matrix PNG, about 1 s of matplotlib per cell on this CPU) in both
 grids, as a grid that wants no per-cell pictures would.
 
 What the ratio depends on: without the cache every cell runs both backbones over the training set
@@ -69,7 +69,7 @@ def run(mode: str, overrides: list[str], out: Path, fusions: list[str] = FUSIONS
 
     grid = Grid(path=Path("bench_cache"), name=f"bench_cache_{mode}", base=None,
                 overrides=[*overrides, f"data.cache_features={mode}"], grid={"fusion.name": list(fusions)},
-                seeds=list(seeds))
+                seeds=list(seeds), plots=False)
     shutil.rmtree(out / mode, ignore_errors=True)
     cells = expand(grid, out / mode)
     start = time.perf_counter()
@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         f"data.synthetic.n_test={args.n_eval}", f"train.epochs={args.epochs}", "train.batch_size=32",
         "encoders.text.source=minilm", "encoders.text.trainable=frozen",
         "encoders.image.source=tiny-vit", "encoders.image.trainable=frozen", "wandb.mode=disabled",
-        "train.plots=false",
     ]
     print(f"bench_cache: {len(args.fusions) * len(args.seeds)} cells, n_train={args.n_train}, n_val=n_test={args.n_eval}, epochs={args.epochs}, "
           f"torch threads={torch.get_num_threads()}", flush=True)

@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ["encoders.image.source=tiny-vit", "train.progress=false", "train.plots=false", "wandb.mode=disabled",
+BASE = ["encoders.image.source=tiny-vit", "--no-progress", "--no-plots", "wandb.mode=disabled",
         "data.synthetic.n_train=2000", "train.eval_every=1000"]
 
 
 def throughput(out: Path, name: str, steps: int, extra: list[str]) -> float:
     subprocess.run([sys.executable, "scripts/train.py", *BASE, *extra, f"train.max_steps={steps}",
-                    f"train.out_dir={out}", f"name={name}"], cwd=ROOT, check=True,
+                    f"--out-dir={out}", f"name={name}"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r and r["step"] > 20)

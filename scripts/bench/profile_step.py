@@ -34,7 +34,7 @@ def default_job(config: str, overrides: list[str], steps: int):
     from mm.run.runtime import epoch_batches, seed_everything
     from mm.train import train_step
 
-    cfg = load_config(config, [*overrides, "wandb.mode=disabled", "train.progress=false"])
+    cfg = load_config(config, [*overrides, "wandb.mode=disabled"])
     seed_everything(cfg.seed, cfg.train.deterministic)
     job = prepare(cfg)
     model = job.model.train()

@@ -145,7 +145,8 @@ def decodes_per_epoch(overrides: list[str], n_train: int) -> dict[str, int]:
     image.read_image = counting
     try:
         mm_train.train(load_config(None, [*overrides, "data.modalities=[image]", "train.epochs=1",
-                                          f"data.synthetic.n_train={n_train}", "wandb.mode=disabled"]))
+                                          f"data.synthetic.n_train={n_train}", "wandb.mode=disabled"]),
+                       mm_train.RunOptions(progress=False, plots=False))
     finally:
         image.read_image = real
     return dict(counts)

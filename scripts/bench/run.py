@@ -175,7 +175,7 @@ def padding(args: argparse.Namespace, job, command: str, settings: dict) -> dict
 def data(args: argparse.Namespace, command: str, settings: dict) -> dict[str, Any]:
     import rows_data
 
-    base = ["train.batch_size=32", "train.progress=false", "train.plots=false"]
+    base = ["train.batch_size=32"]
     if args.tiny:
         base += ["data.synthetic.n_train=64", "data.synthetic.n_val=32", "data.synthetic.n_test=32",
                  "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit", "encoders.audio.source=tiny-cnn"]
@@ -195,7 +195,7 @@ def evaluation(args: argparse.Namespace, job, command: str, settings: dict) -> d
 
     cfg = job.config(0, args.out / "eval_run")
     cfg.train.max_steps = 2 if args.tiny else 10
-    results = mm_train.train(cfg)
+    results = mm_train.train(cfg, job.options(args.out / "eval_run"))
     root, _ = resolve_dataset(cfg.data)
     timed = rows_eval.measure(Path(results["run_dir"]), root / "test.jsonl", args.reps)
     n_test = len((root / "test.jsonl").read_text().splitlines())

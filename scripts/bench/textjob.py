@@ -51,14 +51,20 @@ class TextJob:
         return [*data, "data.modalities=[text]", f"encoders.text.source={self.source}", "encoders.text.trainable=full",
                 f"encoders.text.max_length={self.max_length}", f"optim.lr={self.lr}", f"optim.backbone_lr={self.lr}",
                 "optim.weight_decay=0", "optim.schedule=linear", "optim.warmup_ratio=0", "optim.max_grad_norm=1.0",
-                f"train.batch_size={self.batch_size}", f"train.max_steps={self.steps}", "train.progress=false",
-                "train.plots=false", "wandb.mode=disabled", "data.cache_features=off", f"seed={seed}",
-                f"data.bucket_by_length={str(bucket).lower()}", f"train.out_dir={out}", f"name=s{seed}"]
+                f"train.batch_size={self.batch_size}", f"train.max_steps={self.steps}",
+                "wandb.mode=disabled", "data.cache_features=off", f"seed={seed}",
+                f"data.bucket_by_length={str(bucket).lower()}", f"name=s{seed}"]
 
     def config(self, seed: int, out: Path, bucket: bool = False):
         from mm.config import load_config
 
         return load_config(None, self.overrides(seed, out, bucket))
+
+    def options(self, out: Path):
+        """How the job's runs go: into ``out``, no progress bar, no plots."""
+        from mm.run.options import RunOptions
+
+        return RunOptions(out_dir=str(out), progress=False, plots=False)
 
 
 @contextmanager
@@ -75,7 +81,7 @@ def run_mm(job: TextJob, seed: int, bucket: bool = False) -> dict[str, float]:
     import mm.train as mm_train
 
     with scratch() as out:
-        results = mm_train.train(job.config(seed, out, bucket))
+        results = mm_train.train(job.config(seed, out, bucket), job.options(out))
         rows = [json.loads(x) for x in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     every = [r for r in rows if "train/samples_per_s" in r]
     windows = [r for r in every if r["step"] > job.skip]
