@@ -12,7 +12,10 @@ Prints each side's metric with its 95 % bootstrap interval over the test example
 A - B with its interval and the paired bootstrap p-value, and for accuracy McNemar's exact test
 (per pair of runs). For cells, a side's metric is the mean over its seeds, and every bootstrap
 resample draws the same test examples for all seeds (``mm.analysis.stats``). The last stdout line is a
-JSON summary. Exit status: 0, or 2 when the two cannot be compared (not found, tested on
+JSON summary. Two runs are paired only when they were tested on the same examples: the same
+count, labels and example fingerprints (each test example's id and a digest of its text and media
+files, saved with the predictions: ``mm.analysis.fingerprints``); otherwise the first differing
+example is named. Exit status: 0, or 2 when the two cannot be compared (not found, tested on
 different examples, a metric without a per-example form).
 """
 
@@ -80,8 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             from mm.config import load_config
 
             metric = load_config(pairs[0][1] / "config.yaml").train.metric
-        result = compare([Predictions.load(a / PREDICTIONS) for _, a, _ in pairs],
-                         [Predictions.load(b / PREDICTIONS) for _, _, b in pairs], metric, args.resamples, args.seed)
+        side_a = [Predictions.load(a / PREDICTIONS) for _, a, _ in pairs]
+        side_b = [Predictions.load(b / PREDICTIONS) for _, _, b in pairs]
+        unchecked = [str(run / PREDICTIONS) for (_, a, b), pa, pb in zip(pairs, side_a, side_b, strict=True)
+                     for run, p in ((a, pa), (b, pb)) if p.fingerprints is None]
+        if unchecked:
+            print(f"warning: {', '.join(unchecked)} saved no example fingerprints (written before mm stored them): "
+                  "the examples are matched by count and labels only", file=sys.stderr)
+        result = compare(side_a, side_b, metric, args.resamples, args.seed)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
+from mm.analysis.fingerprints import split_fingerprints
 from mm.config import Config, load_config
 from mm.features import encode_with_cache
 from mm.labels import build_codec
@@ -55,14 +56,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Mul
 def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, precision: str,
              outputs: dict[str, list] | None = None, dist: Dist | None = None) -> dict[str, float]:
     """Loss and the head's metrics over a whole split (per-batch logits and labels are kept in
-    ``outputs`` when given).
+    ``outputs`` when given, with ``fingerprints``: each example's in the same order,
+    ``mm.analysis.fingerprints``, or None for a dataset without manifest rows).
 
     Under torchrun (``dist``) each rank's loader holds its contiguous share of the split
     (``mm.run.distributed.eval_batches``); the shares are gathered in rank order, so every rank computes
     the metrics of the whole split, each sample counted once.
     """
     model.eval()
-    logits, labels, loss_sum, n = [], [], 0.0, 0
+    logits, labels, indices, loss_sum, n = [], [], [], 0.0, 0
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device, precision):
@@ -71,13 +73,16 @@ def evaluate(model: MultimodalModel, loader: DataLoader, device: torch.device, p
         n += len(batch["label"])
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
+        indices += batch["index"].tolist() if "index" in batch else []
     if dist is not None and dist.enabled:
-        shares = gather((logits, labels, loss_sum, n), dist)
+        shares = gather((logits, labels, indices, loss_sum, n), dist)
         logits, labels = [t for s in shares for t in s[0]], [t for s in shares for t in s[1]]
-        loss_sum, n = sum(s[2] for s in shares), sum(s[3] for s in shares)
+        indices = [i for s in shares for i in s[2]]
+        loss_sum, n = sum(s[3] for s in shares), sum(s[4] for s in shares)
     metrics = model.head.metrics(logits, labels)
     if outputs is not None:
-        outputs.update(logits=logits, labels=labels)
+        fingerprints = split_fingerprints(loader.dataset, indices) if len(indices) == n else None
+        outputs.update(logits=logits, labels=labels, fingerprints=fingerprints)
     return {"loss": loss_sum / n, **metrics}
 
 

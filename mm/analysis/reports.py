@@ -138,9 +138,16 @@ def predictions(head: torch.nn.Module, head_name: str, outputs: dict[str, list],
         true, pred = head.decode(outputs["logits"], outputs["labels"])
         index = {tag: i for i, tag in enumerate(names)}
         ids = [np.array([index[t] for seq in seqs for t in seq], dtype=np.int64) for seqs in (pred, true)]
-        return stats.Predictions(head_name, ids[0], ids[1], names, np.array([len(s) for s in true], dtype=np.int64))
+        return stats.Predictions(head_name, ids[0], ids[1], names, np.array([len(s) for s in true], dtype=np.int64),
+                                 fingerprints=_fingerprints(outputs))
     logits = torch.cat(outputs["logits"]).float().numpy()
-    return stats.Predictions(head_name, logits, torch.cat(outputs["labels"]).numpy(), names)
+    return stats.Predictions(head_name, logits, torch.cat(outputs["labels"]).numpy(), names, fingerprints=_fingerprints(outputs))
+
+
+def _fingerprints(outputs: dict[str, list]) -> np.ndarray | None:
+    """The examples' fingerprints ``evaluate`` kept (``mm.analysis.fingerprints``), as a string array."""
+    fingerprints = outputs.get("fingerprints")
+    return None if fingerprints is None else np.array(fingerprints, dtype=str)
 
 
 def write_test_reports(head: torch.nn.Module, head_name: str, outputs: dict[str, list], classes: list, metric: str,

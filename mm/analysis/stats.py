@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit, log_softmax, softmax
 
+from mm.analysis.fingerprints import first_difference
+
 ECE_BINS = 15
 RESAMPLES = 1000
 PREDICTIONS = Path("report") / "test_predictions.npz"  # in a run folder, written at the end of training
@@ -287,6 +289,8 @@ class Predictions:
     ``outputs``: logits ``[N, C]`` (classification, multilabel), predictions ``[N]`` (regression) or
     predicted tag ids, all sentences one after the other (token, ``lengths`` words each).
     ``labels``: the matching labels (``[N]``, multi-hot ``[N, C]``, ``[N]``, tag ids).
+    ``fingerprints``: each example's fingerprint ``<id>:<digest>`` (``mm.analysis.fingerprints``), or
+    None in files saved before mm stored them.
     """
 
     head: str
@@ -294,10 +298,13 @@ class Predictions:
     labels: np.ndarray
     classes: list[str]
     lengths: np.ndarray | None = None
+    fingerprints: np.ndarray | None = None
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = {} if self.lengths is None else {"lengths": self.lengths}
+        if self.fingerprints is not None:
+            extra["fingerprints"] = np.asarray(self.fingerprints, dtype=str)
         with path.open("wb") as f:
             np.savez_compressed(f, head=np.array(self.head), outputs=self.outputs, labels=self.labels,
                                 classes=np.array(self.classes, dtype=str), **extra)
@@ -307,14 +314,15 @@ class Predictions:
     def load(cls, path: Path) -> Predictions:
         with np.load(path, allow_pickle=False) as f:
             return cls(str(f["head"]), f["outputs"], f["labels"], [str(c) for c in f["classes"]],
-                       f["lengths"] if "lengths" in f else None)
+                       f["lengths"] if "lengths" in f else None, f["fingerprints"] if "fingerprints" in f else None)
 
     @property
     def examples(self) -> int:
         return len(self.labels) if self.lengths is None else len(self.lengths)
 
     def difference(self, other: Predictions) -> str | None:
-        """Why ``other`` was not tested on the same examples, or None when it was (same labels)."""
+        """Why ``other`` was not tested on the same examples, or None when it was: the same count,
+        labels and, where both saved them, example fingerprints (the first differing example named)."""
         if (self.head, self.classes) != (other.head, other.classes):
             return f"different heads or classes ({self.head}, {len(self.classes)} vs {other.head}, {len(other.classes)})"
         if self.examples != other.examples:
@@ -322,6 +330,8 @@ class Predictions:
         same_lengths = self.lengths is None or np.array_equal(self.lengths, other.lengths)
         if not same_lengths or not np.array_equal(self.labels, other.labels):
             return f"the same count ({self.examples}) but different labels"
+        if self.fingerprints is not None and other.fingerprints is not None:
+            return first_difference([str(x) for x in self.fingerprints], [str(x) for x in other.fingerprints])
         return None
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from mm.data.collate import TEXT
 from mm.data.conll import read_conll
-from mm.data.errors import ManifestError, MediaError
+from mm.data.errors import ManifestError, MediaError, listing
 from mm.data.media import inside_path
 from mm.labels import ClassLabels, Codec, LabelError, MultiLabels, RegressionLabels, TagLabels, label_at
 from mm.run.runtime import seeded
@@ -63,7 +63,7 @@ def read_manifest(path: Path) -> list[dict]:
         raise ManifestError(f"manifest not found: {path}")
     rows, problems = parse_manifest(path)
     if problems:
-        raise ManifestError("\n".join(problems))
+        raise ManifestError(listing(problems))
     if not rows:
         raise ManifestError(f"{path}: no samples")
     return rows
@@ -163,7 +163,7 @@ class ManifestDataset(Dataset):
             if reasons:
                 bad[i] = f"{row['_where']}: {'; '.join(reasons)}"
         if bad and on_error == "raise":
-            raise ManifestError("\n".join(bad.values()))
+            raise ManifestError(listing(list(bad.values())))
         if on_error == "skip":
             self._skip_bad(bad, max_bad_fraction)
         self.bad = [bad[i] for i in sorted(bad)]
@@ -190,7 +190,7 @@ class ManifestDataset(Dataset):
                     bad[i] = str(err)
         if len(bad) > max_bad_fraction * total:
             raise ManifestError(f"{self.split}: {len(bad)} of {total} samples cannot be read, more than "
-                                f"data.max_bad_fraction={max_bad_fraction}:\n" + "\n".join(bad[i] for i in sorted(bad)))
+                                f"data.max_bad_fraction={max_bad_fraction}:\n" + listing([bad[i] for i in sorted(bad)]))
         keep = [i for i in range(total) if i not in bad]
         self.rows = [self.rows[i] for i in keep]
         self.labels = [self.labels[i] for i in keep]

@@ -122,14 +122,15 @@ def _audio_reason(err: Exception) -> str:
     return getattr(cause, "error_string", None) or str(err)
 
 
-def read_audio(path: Path, sample_rate: int) -> torch.Tensor:
-    """The recording at ``path`` as a mono ``Float32[S]`` wave at ``sample_rate`` (``load_audio``).
+def read_audio(path: Path, sample_rate: int, max_samples: int | None = None) -> torch.Tensor:
+    """The recording at ``path`` as a mono ``Float32[S]`` wave at ``sample_rate`` (``load_audio``),
+    its first ``max_samples`` only when given (only their frames are read).
 
     Raises:
         MediaError: the file cannot be read, holds no samples, or holds NaN or infinite ones.
     """
     try:
-        wave = load_audio(path, sample_rate)
+        wave = load_audio(path, sample_rate, max_samples)
     except Exception as err:  # soundfile's errors, no samples, a failed resampling
         raise MediaError(f"file {path} cannot be decoded as audio: {_audio_reason(err)}") from err
     if not torch.isfinite(wave).all():
@@ -137,14 +138,55 @@ def read_audio(path: Path, sample_rate: int) -> torch.Tensor:
     return wave
 
 
+TRUNCATED = "truncated file"  # the start of a note on a file that holds less than its header declares
+_BLOCK_FRAMES = 1 << 20  # decode_audio reads this many frames at a time: memory stays flat for long files
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what a streaming writer puts in a WAV header when it does not know the length
+
+
+def wav_data_bytes(path: Path) -> tuple[int, int] | None:
+    """``(declared, held)``: the bytes of audio data a RIFF/WAVE header declares for its ``data``
+    chunk and the bytes the file holds after it; None for another format, no ``data`` chunk or a
+    streamed length (0 or 0xFFFFFFFF). Reads the chunk headers only."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk = f.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                return None if declared in _UNKNOWN_SIZES else (declared, size - offset - 8)
+            offset += 8 + declared + (declared & 1)  # chunks are padded to an even size
+    return None
+
+
 def decode_audio(path: Path) -> list[str]:
-    """Decode the recording at ``path`` fully at its own rate; notes on an unusual rate or channels."""
+    """Decode the recording at ``path`` fully at its own rate, block by block (a 10-hour file needs no
+    more memory than a short one); notes on an unusual rate or channels, and on a WAV file that
+    holds less audio than its header declares (a truncated download: soundfile reads what there is,
+    so without this note it would train as a clip a fraction of its length)."""
     try:
         info = soundfile.info(str(path))
+        frames = 0
+        for block in soundfile.blocks(str(path), blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise MediaError(f"file {path} holds NaN or infinite samples")
+            frames += len(block)
+    except MediaError:
+        raise
     except Exception as err:
         raise MediaError(f"file {path} cannot be decoded as audio: {_audio_reason(err)}") from err
-    read_audio(path, int(info.samplerate))
+    if frames == 0:
+        raise MediaError(f"file {path} cannot be decoded as audio: it has no samples")
     notes = []
+    lengths = wav_data_bytes(path)
+    if lengths is not None and lengths[0] > lengths[1]:
+        declared, held = lengths
+        notes.append(f"{TRUNCATED}: {path.name}'s header declares {declared} bytes of audio data, the file holds "
+                     f"{held} ({frames / info.samplerate:.3f} s of audio read)")
     if info.samplerate not in COMMON_RATES:
         notes.append(f"unusual sample rate {info.samplerate} Hz: resampled to the encoder's rate")
     if info.channels != 1:

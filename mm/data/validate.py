@@ -33,9 +33,9 @@ from typing import Any
 
 from mm.data.collate import TEXT
 from mm.data.conll import read_conll
-from mm.data.errors import ManifestError, MediaError
+from mm.data.errors import ManifestError, MediaError, listing
 from mm.data.manifest import SPLITS, parse_manifest
-from mm.data.media import inside_path
+from mm.data.media import TRUNCATED, inside_path
 from mm.labels import CODECS, LabelError, TagLabels, label_at, label_vocabulary
 from mm.registry import ENCODERS
 
@@ -92,11 +92,13 @@ class Report:
         self.warnings.append(Issue(where, reason, kind))
 
     def format(self, examples: int = EXAMPLES) -> str:
-        """Every problem, then the warnings grouped by kind (``examples`` of each)."""
+        """The problems (the first ``LISTED``, then their count), then the warnings grouped by kind
+        (``examples`` of each)."""
         sizes = ", ".join(f"{s} {n} rows" for s, n in self.rows.items())
         lines = [f"dataset {self.root}: {sizes}; modalities {', '.join(self.modalities) or '(none)'}"]
         lines.append(f"{len(self.problems)} problem(s)" + (":" if self.problems else ""))
-        lines += [f"  {p}" for p in self.problems]
+        if self.problems:
+            lines.append(listing([str(p) for p in self.problems], indent="  "))
         groups: dict[str, list[Issue]] = defaultdict(list)
         for w in self.warnings:
             groups[w.kind].append(w)
@@ -113,7 +115,14 @@ class Report:
         if self.problems:
             raise ManifestError(f"{len(self.problems)} problem(s) in the dataset {self.root} "
                                 f"(python scripts/validate_data.py {self.root} checks it):\n"
-                                + "\n".join(f"  {p}" for p in self.problems))
+                                + listing([str(p) for p in self.problems], indent="  "))
+
+    def strict(self) -> None:
+        """Strict checking: a damaged file that still decodes (a WAV holding less audio than its header
+        declares, ``mm.data.media.TRUNCATED``) is a problem, not a warning."""
+        damaged = [w for w in self.warnings if w.kind.startswith(TRUNCATED)]
+        self.warnings = [w for w in self.warnings if w not in damaged]
+        self.problems += [Issue(w.where, f"{w.kind}: {w.reason}", SAMPLE) for w in damaged]
 
     def tolerate_bad_samples(self, max_fraction: float) -> None:
         """``data.on_error: skip``: a split's sample problems become warnings (the dataset leaves
