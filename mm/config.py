@@ -104,6 +104,7 @@ class TrainConfig:
     keep_last_n: int = 2  # checkpoints kept besides the best one (each validation writes one)
     max_nonfinite: int = 3  # consecutive non-finite losses / gradients (steps skipped) before the run stops
     deterministic: bool = True
+    init_from: str | None = None  # continued fine-tuning: start from this run's (or artifact:...'s) best weights
 
 
 @dataclass

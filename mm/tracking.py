@@ -254,6 +254,14 @@ class Tracker:
 
         self._call(send)
 
+    def use_artifact(self, path: str) -> None:
+        """Declares the W&B artifact ``[entity/]project/name:alias`` an input of this run (lineage: the
+        model a continued fine-tuning started from). Online only: an offline run cannot reference a
+        server's artifact, so it records nothing beyond its config's ``train.init_from``."""
+        if self._run is None or self.mode != "online":
+            return
+        self._call(lambda run: run.use_artifact(path, type="model"))
+
     def finish(self, exit_code: int = 0) -> None:
         """Closes the JSONL log and the W&B run; calling it again does nothing."""
         if self._finished:

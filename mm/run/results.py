@@ -28,12 +28,17 @@ class Silent:
 
 
 def open_tracker(run_dir: Path, cfg: Config, d: Dist, resume_step: int | None) -> Tracker | Silent:
-    """Rank 0's ``Tracker`` (``metrics.jsonl`` and W&B; a resumed run continues both), or ``Silent``."""
+    """Rank 0's ``Tracker`` (``metrics.jsonl`` and W&B; a resumed run continues both), or ``Silent``.
+    A run started with ``train.init_from=artifact:...`` declares that artifact as its input."""
     if not d.main:
         return Silent()
     w = cfg.wandb
-    return Tracker(run_dir, to_dict(cfg), mode=w.mode, project=w.project, entity=w.entity, group=w.group,
-                   name=run_dir.name, tags=w.tags, job_type=w.job_type, resume_step=resume_step)
+    tracker = Tracker(run_dir, to_dict(cfg), mode=w.mode, project=w.project, entity=w.entity, group=w.group,
+                      name=run_dir.name, tags=w.tags, job_type=w.job_type, resume_step=resume_step)
+    source = cfg.train.init_from or ""
+    if source.startswith("artifact:"):  # continued fine-tuning: W&B lineage from the model it started from
+        tracker.use_artifact(source.removeprefix("artifact:"))
+    return tracker
 
 
 def load_best(model: MultimodalModel, ckpt_dir: Path, strategy: str, d: Dist) -> None:
