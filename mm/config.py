@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, make_dataclass
+import os
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +412,49 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if cfg.name is not None:
+        _check_name_length(cfg.name, getattr(train, "out_dir", "."))
+    _check_device(train.device)
+
+
+# Room kept in a run folder's name for the "-<k>" a new run gets when its name is taken (up to -999).
+_SUFFIX_ROOM = 4
+
+
+def _check_name_length(name: str, out_dir: str | Path) -> None:
+    """``name``: a folder name the file system of ``out_dir`` (or its nearest existing parent) can hold."""
+    folder = Path(out_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255  # what every common file system holds
+    size = len(name.encode())
+    if size + _SUFFIX_ROOM > name_max:
+        raise ConfigError(f"invalid value for 'name': {name[:40]!r}... is {size} bytes; allowed: at most "
+                          f"{name_max - _SUFFIX_ROOM} bytes (the file system of {folder} holds names of {name_max}, "
+                          "and a run folder may get a '-<k>' suffix)")
+
+
+def _check_device(name: str) -> None:
+    """``train.device``: ``auto``, ``cpu`` or a device that exists on this machine (torch is imported
+    only for a named accelerator, and CUDA is asked for its device count, not started)."""
+    if name in ("auto", "cpu"):
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"invalid value for 'train.device': {name!r}; {err}") from None
+    cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    mps = ["mps"] if torch.backends.mps.is_available() else []
+    exist = ["auto", "cpu", *(["cuda"] if cuda else []), *cuda, *mps]
+    if device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < len(cuda)) or (
+            device.type == "mps" and mps):
+        return
+    why = ("this machine has no CUDA device" if device.type == "cuda" and not cuda
+           else f"this machine has {len(cuda)} CUDA device(s)" if device.type == "cuda"
+           else f"no {device.type} device here")
+    raise ConfigError(f"invalid value for 'train.device': {name!r}; {why}; devices that exist: {exist}")

@@ -28,7 +28,7 @@ from sklearn.metrics import average_precision_score, confusion_matrix, f1_score
 from torch import nn
 from torch.nn import functional as F
 
-from mm.config import check_choice, check_range
+from mm.config import ConfigError, check_choice, check_range
 from mm.labels import IGNORE_INDEX
 from mm.registry import CHECKS, HEADS, NoSettings
 
@@ -51,6 +51,11 @@ class ClassificationHead(nn.Module):
     Raises:
         ValueError: a k below 1 (``mm.config`` refuses it before any model is built).
     """
+
+    @staticmethod
+    def metric_names(settings: Any) -> list[str]:
+        """The names ``metrics`` reports for a head configured by ``settings`` (``train.metric`` is one)."""
+        return ["accuracy", "macro_f1", *(f"top{k}_accuracy" for k in settings.top_k)]  # a k >= the class count is left out
 
     def __init__(self, in_dim: int, num_classes: int, top_k: Sequence[int] = (5,), label_smoothing: float = 0.0):
         super().__init__()
@@ -107,6 +112,11 @@ class MultiLabelHead(nn.Module):
         num_classes: number of classes.
     """
 
+    @staticmethod
+    def metric_names(settings: Any) -> list[str]:
+        """The names ``metrics`` reports for a head configured by ``settings`` (``train.metric`` is one)."""
+        return ["accuracy", "micro_f1", "macro_f1", "map"]
+
     def __init__(self, in_dim: int, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
@@ -146,6 +156,11 @@ class RegressionHead(nn.Module):
     """
 
     LOSSES = ("mse", "l1")
+
+    @staticmethod
+    def metric_names(settings: Any) -> list[str]:
+        """The names ``metrics`` reports for a head configured by ``settings`` (``train.metric`` is one)."""
+        return ["mae", "rmse", "pearson"]
 
     def __init__(self, in_dim: int, num_classes: int = 1, loss: str = "mse"):
         super().__init__()
@@ -201,6 +216,11 @@ class TokenHead(nn.Module):
         crf: a CRF layer (loss: negative log-likelihood per word; decoding: Viterbi).
         constrained: decode over the allowed transitions only.
     """
+
+    @staticmethod
+    def metric_names(settings: Any) -> list[str]:
+        """The names ``metrics`` reports for a head configured by ``settings`` (``train.metric`` is one)."""
+        return ["entity_precision", "entity_recall", "entity_f1", "accuracy"]
 
     def __init__(self, in_dim: int, num_classes: int, tags: Sequence[str], label_smoothing: float = 0.0,
                  word_features: int = 0, crf: bool = False, constrained: bool = True):
@@ -319,6 +339,19 @@ def check_head(cfg: Any) -> None:
     for k in cfg.head.top_k:  # k >= the class count is left out by the head (see ClassificationHead)
         check_range("head.top_k", k, 1)
     check_range("head.label_smoothing", cfg.head.label_smoothing, 0, 1, open_high=True)
+
+
+@CHECKS.register("train.metric")
+def check_metric(cfg: Any) -> None:
+    """``train.metric``: a name the head reports (``metric_names``) or ``loss``, refused before training
+    (a wrong one used to fail at the first validation, an epoch in)."""
+    names = getattr(HEADS[cfg.head.name], "metric_names", None)
+    if names is None:  # a head that does not list its metrics: its first validation checks
+        return
+    valid = ["loss", *names(cfg.head)]
+    if cfg.train.metric not in valid:
+        raise ConfigError(f"invalid value for 'train.metric': {cfg.train.metric!r}; head.name={cfg.head.name} "
+                          f"reports {valid}")
 
 
 def build_head(name: str, in_dim: int, num_classes: int, *, classes: Sequence | None = None,

@@ -118,7 +118,7 @@ def test_regression_codec_and_config_choices():
         label_vocabulary("regression", [*rows, {"y": "high", "_where": "f:3"}], "y")
     with pytest.raises(LabelError, match="must be a number, got True"):
         codec.encode(True)
-    cfg = load_config(None, ["head.name=regression", "head.loss=l1", "head.top_k=[1,3]"])
+    cfg = load_config(None, ["head.name=regression", "head.loss=l1", "head.top_k=[1,3]", "train.metric=mae"])
     assert (cfg.head.loss, cfg.head.top_k) == ("l1", [1, 3])
     with pytest.raises(ConfigError, match="head.loss"):
         load_config(None, ["head.loss=huber"])

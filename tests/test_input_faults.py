@@ -235,3 +235,55 @@ def fingerprint(folder: Path, i: int) -> str:
     from mm.data.manifest import read_manifest
 
     return example_fingerprint(read_manifest(folder / "test.jsonl")[i], folder)
+
+
+# ---------------------------------------------------------------- 9-11: refused at config time, exit 2
+
+
+def test_metric_device_and_name_faults_are_refused_at_config_time_with_exit_2(tmp_path):
+    """``train.metric=foo`` (it trained an epoch, then a KeyError and exit 1), ``train.device=cuda`` on a
+    machine without CUDA (torch's driver traceback after set-up) and a 300-character run name
+    (``OSError: File name too long`` after set-up): three real ``scripts/train.py`` processes, each
+    refused by ``load_config`` with exit 2 and a message that says what is allowed; nothing written."""
+    import torch
+
+    train = str(ROOT / "scripts" / "train.py")
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cases = {
+        "metric": ["train.metric=foo"],
+        "device": [f"train.device=cuda:{devices}"],  # one past the last: on this machine, any CUDA device
+        "name": ["name=" + "x" * 300],
+    }
+    procs = {k: subprocess.Popen([sys.executable, train, *args, "wandb.mode=disabled"], cwd=tmp_path, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, args in cases.items()}
+    done = {k: (p.wait(timeout=300), *p.communicate()) for k, p in procs.items()}
+    assert {k: code for k, (code, _, _) in done.items()} == {"metric": 2, "device": 2, "name": 2}
+    assert done["metric"][2] == ("error: invalid value for 'train.metric': 'foo'; head.name=classification reports "
+                                 "['loss', 'accuracy', 'macro_f1', 'top5_accuracy']\n")
+    exist = ["auto", "cpu", *(["cuda", *(f"cuda:{i}" for i in range(devices))] if devices else [])]
+    why = f"this machine has {devices} CUDA device(s)" if devices else "this machine has no CUDA device"
+    assert done["device"][2] == (f"error: invalid value for 'train.device': 'cuda:{devices}'; {why}; "
+                                 f"devices that exist: {exist}\n")
+    assert done["name"][2].startswith("error: invalid value for 'name': 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... "
+                                      "is 300 bytes; allowed: at most 251 bytes (the file system of ")
+    assert not any(tmp_path.iterdir())  # no run folder, no cache, nothing
+
+
+def test_every_head_reports_the_metric_names_it_declares():
+    """``metric_names`` (what ``train.metric`` is checked against) is what ``metrics`` really returns."""
+    import torch
+
+    from mm.config import load_config
+    from mm.heads import build_head
+
+    torch.manual_seed(0)
+    for name, classes, labels, metric in (
+            ("classification", 8, torch.randint(0, 8, (6,)), "accuracy"),
+            ("multilabel", 3, torch.randint(0, 2, (6, 3)).float(), "accuracy"),
+            ("regression", 1, torch.randn(6), "mae"),
+            ("token", 3, torch.randint(0, 3, (6, 4)), "accuracy")):
+        cfg = load_config(None, [f"head.name={name}", f"train.metric={metric}", "head.top_k=[2,5]"])
+        head = build_head(name, 4, classes, classes=["O", "B-X", "I-X"] if name == "token" else None, top_k=[2, 5])
+        shape = {"regression": (6,), "token": (6, 4, 3)}.get(name, (6, classes))
+        reported = head.metrics([torch.randn(*shape)], [labels])
+        assert sorted(reported) == sorted(type(head).metric_names(cfg.head)), name

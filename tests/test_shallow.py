@@ -90,7 +90,7 @@ def test_every_encoder_is_forced_frozen() -> None:
     assert {m: e.policy for m, e in model.encoders.items()} == {"image": "frozen", "text": "frozen"}
     assert [n for n, p in model.encoders.named_parameters() if p.requires_grad] == []
     with pytest.raises(ValueError, match="head.name='regression'"):
-        build_frozen_model(load_config(None, ["data.task=regression", "head.name=regression"]))
+        build_frozen_model(load_config(None, ["data.task=regression", "head.name=regression", "train.metric=mae"]))
 
 
 def test_script_prints_one_comparison_table(tmp_path: Path, capsys) -> None:
