@@ -44,9 +44,9 @@ def start_server(run_dir: Path, *flags: str, log: Path) -> tuple[subprocess.Pope
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/ready", timeout=2).status_code == 200:
+            if requests.get(f"{url}/ready", timeout=10).status_code == 200:
                 return proc, url
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or (workers) still importing
             pass
         time.sleep(0.2)
     proc.kill()
@@ -65,7 +65,7 @@ def tiny_run() -> dict:
     cfg = load_config(None, [
         "data.modalities=[text,image,audio]", "data.synthetic.n_train=64", "data.synthetic.n_val=16",
         "data.synthetic.n_test=16", "encoders.text.source=tiny-bert", "encoders.image.source=tiny-vit",
-        "encoders.audio.encoder=spectrogram", "encoders.audio.source=tiny-cnn", "train.max_steps=2",
+        "encoders.audio.name=spectrogram", "encoders.audio.source=tiny-cnn", "train.max_steps=2",
         "wandb.mode=disabled",
     ])
     done = out / "run_dir.txt"
@@ -367,3 +367,48 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(server, run):
     assert status == 200 and answer["label"] in answer["probabilities"]
     assert server["proc"].wait(timeout=60) == 0
     assert "SIGTERM: finishing the requests in flight" in server["log"].read_text()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_port_and_stop_together(run, tmp_path):
+    """--workers 2: two processes, each with the model, answer on one port; SIGTERM stops both, exit 0."""
+    proc, url = start_server(run["run_dir"], "--workers", "2", "--require-all", "--api-key", KEY, log=tmp_path / "log")
+    try:
+        pids = set()
+        deadline = time.monotonic() + 120
+        while len(pids) < 2 and time.monotonic() < deadline:
+            with requests.Session() as fresh:  # a new connection each time: the kernel picks a worker
+                if fresh.get(f"{url}/ready", timeout=60).status_code == 200:
+                    pids.add(fresh.get(f"{url}/health", timeout=60).json()["pid"])
+        assert len(pids) == 2 and proc.pid not in pids
+        row = run["rows"][0]
+        r = requests.post(f"{url}/predict", data={"text": row["text"]}, headers=AUTH, timeout=60)
+        assert r.status_code == 422 and "missing required field(s) ['audio', 'image']" in r.json()["detail"]
+        r = requests.post(f"{url}/predict", data={"text": row["text"]}, files=files_of(run, row), headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_load_bench_runs_on_a_tiny_setting(run, tmp_path):
+    """scripts/bench/serve_load.py end to end, seconds long: its JSON holds every part (no timing asserted)."""
+    proc = subprocess.run([sys.executable, "scripts/bench/serve_load.py", str(run["run_dir"]), "--clients", "1", "2",
+                           "--requests", "2", "--reps", "1", "--rate", "2", "--sustain-s", "6", "--overload-s", "2",
+                           "--recover-s", "2", "--threads", "1", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "serve_load.json").read_text())
+    assert set(result["load"]) == {"1", "2"} and result["exit_codes"] == [0, 0] and result["alive_after_overload"]
+    for row in result["load"].values():
+        assert set(row["contenders"]) == {"served_batched", "served_unbatched", "inprocess_per_request"}
+        assert all(c["errors"] == 0 for c in row["contenders"].values())
+    assert set(result["sustained"]["statuses"]) == {"200"} and set(result["recovery"]["statuses"]) == {"200"}
+    assert set(result["overload"]["statuses"]) <= {"200", "503"}
+    assert result["cold_start_s"]["served_batched"] > 0 and len(result["sustained"]["rss_mb"]) >= 2
