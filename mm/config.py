@@ -18,10 +18,12 @@ override fails at once with a message naming the new key.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field, make_dataclass
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +222,36 @@ def _dotted_keys(tree: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def _is_resolved(tree: Any) -> bool:
+    """Whether a loaded YAML is a whole resolved config, as ``to_yaml`` writes it into a run folder
+    (every top-level section and key), rather than an experiment file someone wrote."""
+    return isinstance(tree, dict) and set(tree) == {f.name for f in fields(Config)}
+
+
+def upgrade_resolved(tree: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config written before a rename, with its renamed keys moved to their new names and
+    the keys that became run options (``MOVED``) left out.
+
+    Only for what mm wrote itself (a run folder's ``config.yaml``, so that old runs still evaluate and
+    resume); a config file or an override with an old spelling is refused (``check_renamed``).
+    """
+    tree = copy.deepcopy(tree)
+    for key in _dotted_keys(tree):
+        *path, leaf = key.split(".")
+        if key in MOVED:
+            functools.reduce(lambda d, k: d[k], path, tree).pop(leaf)
+            continue
+        new = renamed_key(key)
+        if new is None:
+            continue
+        *old_path, old_leaf = key.split(".")
+        parent = functools.reduce(lambda d, k: d[k], old_path, tree)
+        value = parent.pop(old_leaf)
+        *new_path, new_leaf = new.split(".")
+        functools.reduce(lambda d, k: d.setdefault(k, {}), new_path, tree)[new_leaf] = value
+    return tree
+
+
 def check_renamed(keys: Iterable[str], where: str) -> None:
     """Raise on the first old spelling among dotted ``keys``, naming the new key."""
     for key in keys:
@@ -248,8 +280,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             where = str(path)
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
-            loaded = OmegaConf.load(path)
-            check_renamed(_dotted_keys(OmegaConf.to_container(loaded)), where)
+            loaded = OmegaConf.to_container(OmegaConf.load(path))
+            if _is_resolved(loaded):  # a run folder's config.yaml, written by mm before a rename: read it renamed
+                loaded = upgrade_resolved(loaded)
+            check_renamed(_dotted_keys(loaded), where)
             merged = OmegaConf.merge(merged, loaded)
         where = "command-line overrides"
         for item in overrides:
@@ -403,15 +437,6 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.name is not None and (cfg.name in ("", ".", "..") or Path(cfg.name).name != cfg.name or "\\" in cfg.name):
         raise ConfigError(f"invalid value for 'name': {cfg.name!r}; allowed: one folder name (no '/', '..' or "
                           "absolute path): the run folder is OUT_DIR/name (--out-dir)")
-
-
-def to_dict(cfg: Config) -> dict[str, Any]:
-    """The resolved config as a plain nested dict."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
-
-
-def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
     if cfg.name is not None:
         _check_name_length(cfg.name, getattr(train, "out_dir", "."))
     _check_device(train.device)
@@ -458,3 +483,12 @@ def _check_device(name: str) -> None:
            else f"this machine has {len(cuda)} CUDA device(s)" if device.type == "cuda"
            else f"no {device.type} device here")
     raise ConfigError(f"invalid value for 'train.device': {name!r}; {why}; devices that exist: {exist}")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as a plain nested dict."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

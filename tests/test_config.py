@@ -173,3 +173,23 @@ def test_the_config_module_imports_no_implementation():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "['mm', 'mm.config', 'mm.registry']"
+
+
+def test_a_run_folders_config_written_before_the_renames_still_loads(tmp_path):
+    # What mm wrote into a run folder (a whole resolved config) is read with the new names, so old
+    # runs still evaluate and resume; a config someone wrote with an old spelling is refused (above).
+    import yaml
+
+    tree = to_dict(load_config(None, ["head.label_smoothing=0.1", "fusion.modality_dropout=0.2",
+                                      "encoders.audio.max_s=4"]))
+    tree["train"]["label_smoothing"] = tree["head"].pop("label_smoothing")
+    tree["data"]["modality_dropout"] = tree["fusion"].pop("modality_dropout")
+    for section in tree["encoders"].values():
+        section["encoder"] = section.pop("name")
+    tree["encoders"]["audio"]["max_seconds"] = tree["encoders"]["audio"].pop("max_s")
+    tree["train"].update(out_dir="runs", resume=False, progress=True, plots=True)  # run options then
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump(tree))
+    cfg = load_config(old)
+    assert (cfg.head.label_smoothing, cfg.fusion.modality_dropout, cfg.encoders.audio.max_s) == (0.1, 0.2, 4.0)
+    assert cfg.encoders.audio.name == "spectrogram" and cfg.encoders.text.name == "transformers"

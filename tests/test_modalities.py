@@ -33,7 +33,6 @@ from mm.model import build_model
 from mm.registry import ENCODERS, register_encoder
 from mm.run.runtime import seeded
 
-
 # ---- A toy fourth modality, defined here alone: the library is not edited to add it ----
 
 
@@ -255,3 +254,16 @@ def test_augmentation_is_random_but_seeded(tmp_path, mm_cache):
     assert torch.equal(first, ds[0]["image"])  # the same sample and epoch: the same draw
     ds.set_epoch(1)
     assert not torch.equal(first, ds[0]["image"])  # a new epoch: a new draw
+
+
+def test_text_has_pretrained_like_image_and_audio(mm_cache):
+    # encoders.text.pretrained=false: the source's architecture from random weights, its tokenizer kept.
+    cfg = load_config(None, ["data.modalities=[text]", "encoders.text.source=tiny-bert", "encoders.text.pretrained=false"])
+    assert cfg.encoders.text.pretrained is False
+    torch.manual_seed(0)
+    scratch = build_encoder("text", source="tiny-bert", pretrained=False)
+    loaded = build_encoder("text", source="tiny-bert")
+    a, b = scratch.backbone.state_dict(), loaded.backbone.state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert not torch.equal(a["embeddings.word_embeddings.weight"], b["embeddings.word_embeddings.weight"])
+    assert scratch.tokenizer("a b")["input_ids"] == loaded.tokenizer("a b")["input_ids"]
