@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Hyper-parameter search with Optuna: each trial an mm run, bad trials pruned early, resumable.
 
-    python scripts/search.py SEARCH.yaml [--out DIR] [--storage URL] [--worker K] [--report] [--dry-run] [key=value ...]
+    python scripts/search.py SEARCH.yaml [--out DIR] [--n-trials N] [--pruner NAME] [--storage URL] [--worker K] [--report] [--dry-run] [key=value ...]
 
 Examples:
     python scripts/search.py configs/search/lr_synthetic.yaml
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mm.cli import fail
 from mm.config import ConfigError
-from mm.search.spec import read_search
+from mm.search.spec import PRUNERS, read_search
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("search", help="search YAML file, e.g. configs/search/lr_synthetic.yaml")
     parser.add_argument("--out", type=Path, help="search folder (default: runs/search/<name>)")
     parser.add_argument("--storage", help="an RDB URL (postgresql://...) shared by several machines; overrides the file's")
+    parser.add_argument("--n-trials", type=int, help="the study's number of trials (overrides the file's)")
+    parser.add_argument("--pruner", choices=sorted(PRUNERS), help="the pruner (overrides the file's, without its arguments)")
     parser.add_argument("--worker", type=int, default=0, help="this process's index among those sharing the study")
     parser.add_argument("--report", action="store_true", help="run nothing: write the tables and plots")
     parser.add_argument("--dry-run", action="store_true", help="check the file and print the space, run nothing")
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--storage must be an RDB URL such as postgresql://user:password@host/db, "
                                   f"got {args.storage!r}")
             search.storage = args.storage
+        if args.n_trials is not None:
+            if args.n_trials < 1:
+                raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
+            search.n_trials = args.n_trials
+        if args.pruner is not None:
+            search.pruner = {"name": args.pruner}
         if args.worker < 0:
             raise ConfigError("--worker must be >= 0")
     except ConfigError as err:

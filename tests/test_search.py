@@ -26,7 +26,10 @@ from mm.search.spec import read_search
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ROOT / "configs" / "search" / "lr_synthetic.yaml"
-GOOD = (3e-3, 3e-1)  # optim.lr within 0.02 of the best val accuracy (configs/ablations/lr_synthetic.yaml)
+# The good range of optim.lr, measured (configs/ablations/lr_synthetic.yaml, seed 0, val accuracy at 40
+# steps): 1e-5 0.25, 1e-4 0.56, 3e-4 0.66, 1e-3 0.84 | 3e-3 0.92, 1e-2 0.97, 3e-2 0.95 | 1e-1 0.86, ...:
+# every rate measured inside reaches 0.9, both neighbours outside fall below it.
+GOOD = (1e-3, 1e-1)
 
 
 # ---------------------------------------------------------------- range test: the sweep itself
@@ -121,7 +124,7 @@ def test_read_search_of_the_shipped_spec() -> None:
     ({"space": {"train.batch_size": {"type": "int", "low": 0, "high": 4}}}, "space.train.batch_size"),
     ({"space": {"seed": {"type": "int", "low": 0, "high": 4}}}, "dotted config key"),
     ({"space": {"name": {"type": "categorical", "choices": ["a"]}}}, "dotted config key"),
-    ({"space": {"train.out_dir": {"type": "categorical", "choices": ["a"]}}}, "set by the search"),
+    ({"space": {"wandb.group": {"type": "categorical", "choices": ["a"]}}}, "set by the search"),
     ({"pruner": {"name": "median", "n_startup": 3}}, "pruner.n_startup: not an argument of optuna.pruners.MedianPruner"),
     ({"pruner": {"name": "asha"}}, "'pruner' needs a name"),
     ({"direction": "up"}, "'direction'"),
@@ -171,8 +174,8 @@ def test_range_test_of_the_synthetic_task_lands_in_its_good_range(tmp_path: Path
     cfg = load_config(None, [*TASK, "wandb.mode=disabled"])
     (curve,) = lr_find.range_test(cfg, start_lr=1e-5, end_lr=10.0, steps=100, log=lambda s: None)
     assert curve.part == "new" and curve.reason is None
-    assert GOOD[0] <= curve.steepest <= GOOD[1], curve.steepest
-    assert GOOD[0] <= curve.min_tenth <= GOOD[1], curve.min_tenth
+    assert GOOD[0] < curve.steepest < GOOD[1], curve.steepest
+    assert GOOD[0] < curve.min_tenth < GOOD[1], curve.min_tenth
 
 
 @pytest.mark.slow
@@ -213,7 +216,7 @@ def test_search_finds_a_rate_in_the_good_range(tmp_path: Path) -> None:
     proc = subprocess.run(search_cmd(spec, out, "wandb.mode=disabled"), cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     best = yaml.safe_load((out / "best.yaml").read_text())
-    assert GOOD[0] <= best["optim"]["lr"] <= GOOD[1]
+    assert GOOD[0] < best["optim"]["lr"] < GOOD[1]
     first = (out / "best.yaml").read_text().splitlines()[0]
     assert first == f"# python scripts/train.py --config {out / 'best.yaml'}"
     states = [state for _, state, _, _ in trials(out)]

@@ -13,7 +13,7 @@ several processes, on one machine or several, work on one study: each asks Optun
 trial, and a trial numbered past ``n_trials`` live or finished ones is given up unrun ("surplus"),
 so together they run exactly ``n_trials``. A process records a heartbeat while its trial runs; a
 trial whose heartbeat stops for ``heartbeat.grace`` seconds (its process was killed) is failed and
-enqueued again with the same values (``RetryFailedTrialCallback``). Finished trials are never redone:
+enqueued again with the same values (``RetryHeartbeatStaleTrialCallback``). Finished trials are never redone:
 restarting a killed search continues where it stopped.
 """
 
@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,29 @@ def storage_url(search: Search, out_dir: Path) -> str:
 def open_study(search: Search, out_dir: Path, worker: int = 0) -> Any:
     """Creates or loads the study (``load_if_exists``), with heartbeats and retries of killed trials."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and retries are marked experimental, and Optuna expects them under Study.optimize;
+    # the search's own loop records the heartbeats (``heartbeat``), so its warnings say nothing here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     url = storage_url(search, out_dir)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=search.heartbeat["interval"],
                          grace_period=search.heartbeat["grace"],
-                         heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3))
-    return optuna.create_study(study_name=search.name, storage=storage, direction=search.direction,
-                               sampler=build("sampler", search.sampler, seed_offset=1000 * worker),
-                               pruner=build("pruner", search.pruner), load_if_exists=True)
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    study = optuna.create_study(study_name=search.name, storage=storage, direction=search.direction,
+                                sampler=build("sampler", search.sampler, seed_offset=1000 * worker),
+                                pruner=build("pruner", search.pruner), load_if_exists=True)
+    return study
+
+
+def heartbeat(study: Any, trial: Any) -> None:
+    """Records that this process still runs ``trial`` (Optuna's own loop does it from a thread; the
+    search's loop does it between polls). Trial ids are Optuna's storage keys (``_trial_id``)."""
+    study._storage.record_heartbeat(trial._trial_id)
 
 
 def run_search(search: Search, out_dir: Path, worker: int = 0, log: Callable[[str], None] = print) -> Any:
@@ -77,7 +89,7 @@ def run_search(search: Search, out_dir: Path, worker: int = 0, log: Callable[[st
             time.sleep(POLL_S * 4)  # the rest run elsewhere (or are stale, to be retried once their grace ends)
             continue
         trial = study.ask()
-        study._storage.record_heartbeat(trial._trial_id)
+        heartbeat(study, trial)
         ahead = [t for t in study.get_trials(deepcopy=False)
                  if t.number < trial.number and t.state != TrialState.FAIL]
         if len(ahead) >= search.n_trials:  # another process took the last place first
@@ -95,7 +107,7 @@ def trial_cell(search: Search, number: int, params: dict[str, Any], out_dir: Pat
     """The cell of a trial: the base config, the spec's overrides and the drawn values."""
     variant = Variant({"trial": number}, search.trial_overrides(params))
     cells = expand_cells(search.path, search.base, search.overrides, [variant], [search.seed], out_dir,
-                         group=search.name, job_type="search", what="trial")
+                         group=search.name, job_type="search", what="trial", plots=False)
     return tag_cells(cells, search.name)[0]
 
 
@@ -108,7 +120,7 @@ def run_trial(search: Search, study: Any, trial: Any, out_dir: Path, log: Callab
 
     params = {p.key: p.suggest(trial) for p in search.space}
     cell = trial_cell(search, trial.number, params, out_dir)
-    run_dir = out_dir / "runs" / cell.name
+    run_dir = Path(cell.options.out_dir) / cell.name
     config, log_file = out_dir / "configs" / f"{cell.name}.yaml", out_dir / "logs" / f"{cell.name}.log"
     for folder in (config.parent, log_file.parent):
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +150,7 @@ def run_trial(search: Search, study: Any, trial: Any, out_dir: Path, log: Callab
                 if done:
                     break
                 if time.monotonic() - beat > search.heartbeat["interval"]:
-                    study._storage.record_heartbeat(trial._trial_id)
+                    heartbeat(study, trial)
                     beat = time.monotonic()
                 time.sleep(POLL_S)
         except BaseException:
