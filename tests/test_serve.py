@@ -400,7 +400,7 @@ def test_two_workers_share_one_port_and_stop_together(run, tmp_path):
 def test_load_bench_runs_on_a_tiny_setting(run, tmp_path):
     """scripts/bench/serve_load.py end to end, seconds long: its JSON holds every part (no timing asserted)."""
     proc = subprocess.run([sys.executable, "scripts/bench/serve_load.py", str(run["run_dir"]), "--clients", "1", "2",
-                           "--requests", "2", "--reps", "1", "--rate", "2", "--sustain-s", "6", "--overload-s", "2",
+                           "--requests", "3", "--reps", "1", "--rate", "2", "--sustain-s", "6", "--overload-s", "2",
                            "--recover-s", "2", "--threads", "1", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -412,3 +412,32 @@ def test_load_bench_runs_on_a_tiny_setting(run, tmp_path):
     assert set(result["sustained"]["statuses"]) == {"200"} and set(result["recovery"]["statuses"]) == {"200"}
     assert set(result["overload"]["statuses"]) <= {"200", "503"}
     assert result["cold_start_s"]["served_batched"] > 0 and len(result["sustained"]["rss_mb"]) >= 2
+
+
+@pytest.mark.slow
+def test_an_export_folder_is_served_with_the_same_answers(run, tmp_path):
+    """scripts/serve.py EXPORT (ONNX Runtime through mm.serve.bundle): the answers of predict.py."""
+    from mm.predict import predict_rows
+    from mm.serve.export import export_model
+
+    export_model(run["run_dir"], tmp_path / "export")
+    proc, url = start_server(tmp_path / "export", log=tmp_path / "log")
+    try:
+        rows = run["rows"][:3]
+        expected = predict_rows(run["run_dir"], [{k: v for k, v in r.items() if k != "labels"} for r in rows], run["root"])
+        for row, want in zip(rows, expected, strict=True):
+            r = requests.post(f"{url}/predict", data={"text": row["text"]}, files=files_of(run, row), timeout=60)
+            assert r.status_code == 200, r.text
+            got = r.json()
+            assert got["label"] == want["prediction"] and got["model"].startswith(run["run_dir"].name + "@")
+            for c, p in want["probabilities"].items():
+                assert got["probabilities"][c] == pytest.approx(p, abs=TOLERANCE)
+        assert requests.get(f"{url}/info", timeout=10).json()["kind"] == "onnx"
+        bad = requests.post(f"{url}/predict", files={"image": ("x.png", b"not a picture")}, timeout=60)
+        assert bad.status_code == 422 and bad.json()["detail"].startswith("image: ")
+        assert requests.post(f"{url}/predict?explain=true", data={"text": "hi"}, timeout=60).status_code == 422
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

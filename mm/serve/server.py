@@ -230,6 +230,7 @@ def create_app(settings: ServeSettings, model: Any = None, load_in_background: b
     app = FastAPI(title="mm inference server", lifespan=lifespan,
                   description="Predictions of a trained mm model: POST /predict with the model's modalities.")
     app.state.mm = state
+
     @app.get("/health", summary="the process is up")
     async def health() -> dict:
         return {"status": "ok", "pid": os.getpid()}
@@ -284,7 +285,12 @@ def create_app(settings: ServeSettings, model: Any = None, load_in_background: b
             sample, missing = await run_in_thread_decode(form, m)
         if explain:
             sample["explain"] = True
-        pred, size = await state.batcher.submit(sample)
+        try:
+            pred, size = await state.batcher.submit(sample)
+        except BadInput as err:
+            raise HTTPException(err.status, str(err)) from None
+        except Exception as err:  # the batch's forward failed: say so, and keep serving
+            raise HTTPException(500, f"the model failed on this batch: {type(err).__name__}: {err}") from err
         return {**answer(m.head, pred), "batch_size": size, "missing": missing}
 
     async def run_in_thread_decode(form: Any, m: Any) -> tuple[dict, list[str]]:
@@ -344,7 +350,7 @@ def decode_form(form: Any, m: Any, settings: ServeSettings) -> dict[str, Any]:
                     sample[name] = m.load(name, name, Path(tmp))
                 except Exception as err:
                     reason = str(err).replace(f"'{path}'", repr(value.filename)).replace(str(path), repr(value.filename))
-                    raise BadInput(f"{name}: {reason}") from None
+                    raise BadInput(f"{name}: {reason.removeprefix(f'{name}: ')}") from None
             else:
                 if isinstance(value, UploadFile):
                     raise BadInput(f"{name} must be a text field, not a file")

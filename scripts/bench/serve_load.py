@@ -2,7 +2,7 @@
 """Load on the inference server: latency and throughput, batching against one forward per request,
 cold start, then a sustained load, an overload and the recovery. One run, on one machine.
 
-    python scripts/bench/serve_load.py RUN [--clients 1 8 32] [--requests 8] [--reps 3]
+    python scripts/bench/serve_load.py RUN [--clients 1 8 32] [--requests 64] [--reps 3]
         [--sustain-s 300] [--overload-s 60] [--recover-s 30] [--max-batch 8] [--max-wait-ms 5]
         [--threads 2] [--out docs/bench]
 
@@ -13,9 +13,10 @@ cold start, then a sustained load, an overload and the recovery. One run, on one
    ``served_batched`` (HTTP, ``--max-batch``/``--max-wait-ms``), ``served_unbatched`` (HTTP,
    ``--max-batch 1``: one forward per request) and ``inprocess_per_request`` (no HTTP: each client
    thread decodes its files and runs its own one-sample forward on one shared model, what a
-   hand-rolled server without batching does). Each client is a thread sending ``--requests``
-   requests back to back (closed loop) over one keep-alive connection; client-side latency
-   p50/p95/p99, and throughput = requests / wall time. Ratios: throughput batched / each other.
+   hand-rolled server without batching does). Each client is a thread sending its share of
+   ``--requests`` (rounded up) back to back (closed loop) over one keep-alive connection;
+   client-side latency p50/p95/p99, and throughput = requests / wall time. Ratios: throughput
+   batched / each other.
 3. Sustained: an open-loop load at ``--rate`` requests/s (default: half the batched throughput
    measured at the largest client count) for ``--sustain-s``, the server's resident memory sampled
    every 5 s; errors counted. Then ``--overload-factor`` (3) times that rate for ``--overload-s``:
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--requests", type=int, default=8, help="requests per client per repetition")
+    p.add_argument("--requests", type=int, default=64,
+                   help="requests per contender per repetition, shared among the clients (at least one each)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         reps: dict[str, list] = {name: [] for name in contenders}
         for rep in range(args.reps):
             for name, send in contenders.items():
-                reps[name].append(closed_loop(send, clients, args.requests))
+                reps[name].append(closed_loop(send, clients, max(1, -(-args.requests // clients))))
                 log(f"clients {clients} rep {rep} {name}: {reps[name][-1]}")
         base = reps["served_batched"]
         load[str(clients)] = {
