@@ -63,6 +63,7 @@ class Bundle:
         self.preps = {m: build_prep(info["preprocessing"][m], folder) for m in self.modalities}
         names = [i["name"] for i in info["inputs"]]
         self.input_keys = {m: [n.split(".", 1)[1] for n in names if n.startswith(f"{m}.")] for m in self.modalities}
+        self.batch_keys = [n.split(".", 1)[1] for n in names if n.startswith("batch.")]  # the head's (word_shape)
         self.input_names = names
         self.runner = make_runner(folder / info["graph"]["file"], self.kind, names, threads)
 
@@ -115,6 +116,7 @@ class Bundle:
             else:
                 arrays = prep.collate(values)
             feeds.update({f"{m}.{k}": arrays[k] for k in self.input_keys[m]})
+            feeds.update({f"batch.{k}": arrays[k] for k in self.batch_keys if k in arrays})
             feeds[f"present.{m}"] = np.array([s.get(m) is not None or (m == "text" and "words" in s) for s in samples])
         return feeds
 

@@ -78,7 +78,8 @@ class GraphModel(nn.Module):
     """``MultimodalModel`` over flat named tensors, with the missing-modality fill free of branches.
 
     ``forward(*tensors)`` takes the tensors in the order of ``names``: each modality's inputs as
-    ``"<m>.<key>"``, then ``"present.<m>"`` for each modality; it returns the head's logits.
+    ``"<m>.<key>"``, then ``"present.<m>"`` for each modality, then ``"batch.<key>"`` for what the
+    head reads from the batch (the token head's ``word_shape``); it returns the head's logits.
     """
 
     def __init__(self, model: MultimodalModel, input_keys: dict[str, list[str]]):
@@ -87,6 +88,8 @@ class GraphModel(nn.Module):
         self.input_keys = input_keys
         self.names = [f"{m}.{k}" for m in model.modalities for k in input_keys[m]]
         self.names += [f"present.{m}" for m in model.modalities]
+        self.batch_keys = list(getattr(model.head, "batch_keys", ()))  # what the head reads from the batch
+        self.names += [f"batch.{k}" for k in self.batch_keys]
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         named = dict(zip(self.names, tensors, strict=True))
@@ -99,9 +102,10 @@ class GraphModel(nn.Module):
             first = torch.zeros_like(out.mask)
             first[:, 0] = True
             filled[m] = type(out)(tokens=torch.where(p[:, None, None], out.tokens, emb.expand_as(out.tokens)),
-                                  mask=torch.where(p[:, None], out.mask, first),
+                                  # torch.where on bools is a Where ONNX Runtime has no kernel for
+                                  mask=(p[:, None] & out.mask) | (~p[:, None] & first),
                                   pooled=torch.where(p[:, None], out.pooled, emb))
-        return model.head(model.fusion(filled, present))
+        return model.head(model.fusion(filled, present), **{k: named[f"batch.{k}"] for k in self.batch_keys})
 
 
 # -- preprocessing settings, from each encoder --------------------------------------------------------
@@ -127,8 +131,9 @@ def image_ops(encoder: ImageEncoder) -> list[dict[str, Any]]:
     return ops
 
 
-def preprocessing(encoder: nn.Module, folder: Path, token_head: bool) -> dict[str, Any]:
-    """``bundle.json``'s section for one encoder; writes its files (tokenizer, filter bank) into ``folder``."""
+def preprocessing(encoder: nn.Module, folder: Path, token_head: bool, batch_keys: tuple = ()) -> dict[str, Any]:
+    """``bundle.json``'s section for one encoder; writes its files (tokenizer, filter bank) into ``folder``.
+    ``batch_keys``: what the head reads from the batch (``word_shape``: the text's word shapes)."""
     folder.mkdir(parents=True, exist_ok=True)
     m = encoder.modality
     if isinstance(encoder, TextEncoder):
@@ -136,9 +141,19 @@ def preprocessing(encoder: nn.Module, folder: Path, token_head: bool) -> dict[st
             raise ExportRefused(f"text encoder ({encoder.source}): its tokenizer has no tokenizer.json (not a fast "
                                 "tokenizer), which the bundle's runtime reads with the tokenizers library")
         encoder.tokenizer.save_pretrained(folder)
+        word_shapes = None
+        if "word_shape" in batch_keys:
+            from mm.encoders.word_features import SHAPES
+            from mm.serve.preprocess import SHAPES as OUR_SHAPES
+
+            if tuple(SHAPES) != tuple(OUR_SHAPES):
+                raise ExportRefused(f"the token head's word shapes {list(SHAPES)} are not the bundle runtime's "
+                                    f"{list(OUR_SHAPES)} (mm.serve.preprocess.word_shape)")
+            word_shapes = list(SHAPES)
         inputs = (encoder.tokenize_words([["a"]])[0] if token_head else encoder.collate(["a"])).keys()
         return {"kind": "tokenizer", "tokenizer": f"{m}/tokenizer.json", "mode": "words" if token_head else "pooled",
                 "max_length": encoder.max_length, "window": encoder.window, "inputs": list(inputs),
+                "word_shapes": word_shapes,
                 "pad_id": int(encoder.tokenizer.pad_token_id or 0), "source": encoder.source}
     if isinstance(encoder, SpectrogramEncoder):
         from mm.encoders.spectrogram import MIN_FRAMES, _mel
@@ -174,7 +189,8 @@ def preprocessing(encoder: nn.Module, folder: Path, token_head: bool) -> dict[st
 def sample_values(modalities: list[str], token_head: bool, folder: Path) -> list[dict[str, Any]]:
     """Three raw samples (texts, picture files, recording files at 22.05 kHz) of different sizes."""
     rng = np.random.default_rng(0)
-    texts = (["a small red circle", "the hound sat near a green box", LONG_TEXT[:120]] if token_head
+    # a token head's texts stay within one window (the graph reads one; longer ones are refused at run time)
+    texts = (["a small red circle", "the hound sat near a Green box", "Trio"] if token_head
              else ["a small red circle and a kitten", "", LONG_TEXT])
     samples: list[dict[str, Any]] = [{} for _ in range(3)]
     # 0.3, 0.6 and 0.25 s: 31, 61 and 26 spectrogram frames, so padded batches of odd and even length
@@ -212,21 +228,29 @@ def check_batches(modalities: list[str], token_head: bool, samples: list[dict[st
 
 
 def torch_batch(model: MultimodalModel, samples: list[dict[str, Any]], root: Path, token_head: bool) -> dict[str, Any]:
-    """The batch the training code builds: the encoders' own ``load`` and ``collate``."""
-    batch: dict[str, Any] = {"present": {}, "label": torch.zeros(len(samples))}
-    for m in model.modalities:
-        enc = model.encoders[m]
-        batch["present"][m] = torch.tensor([m in s for s in samples], dtype=torch.bool)
-        if m == "text" and token_head:
-            batch[m] = enc.tokenize_words([s[m].split() for s in samples])[0]
+    """The batch the training code builds: the encoders' own ``load``, then ``mm.data.collate.Collator``
+    (a token head's text as words, with its word shapes)."""
+    from mm.data.collate import Collator
+
+    rows = []
+    for i, s in enumerate(samples):
+        row: dict[str, Any] = {"index": i, **{m: model.encoders[m].load(v, root) for m, v in s.items()}}
+        if token_head:
+            row["words"] = s["text"].split()
+            row["label"] = [0] * len(row["words"])
         else:
-            batch[m] = enc.collate([enc.load(s[m], root) if m in s else None for s in samples])
+            row["label"] = 0  # a placeholder the forward never reads
+        rows.append(row)
+    batch = Collator(model.modalities, dict(model.encoders), head="token" if token_head else "classification")(rows)
+    if not token_head:
+        batch["label"] = torch.zeros(len(samples))
     return batch
 
 
 def graph_args(graph: GraphModel, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     named = {f"{m}.{k}": batch[m][k] for m in graph.model.modalities for k in graph.input_keys[m]}
     named.update({f"present.{m}": batch["present"][m] for m in graph.model.modalities})
+    named.update({f"batch.{k}": batch[k] for k in graph.batch_keys})
     return tuple(named[n] for n in graph.names)
 
 
@@ -240,7 +264,7 @@ def dynamic_dims(graph: GraphModel, prep: dict[str, dict]) -> dict[str, dict[int
         m, key = name.split(".", 1)
         dims[name] = {0: "batch"}
         kind = prep.get(m, {}).get("kind")
-        if kind == "tokenizer":
+        if kind == "tokenizer" or name == "batch.word_shape":
             dims[name][1] = "text_len"
         elif kind == "spectrogram" and key == "spectrogram":
             dims[name][3] = "audio_frames"
@@ -274,10 +298,13 @@ def export_onnx(graph: GraphModel, args: tuple, path: Path, dims: dict[str, dict
         return "dynamo", ""
     except Exception as err:  # the dynamo exporter raises many kinds of errors
         dynamo_error = reason(err)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, args, str(path), dynamo=False, input_names=graph.names, output_names=["logits"],
-                          dynamic_axes={**dims, "logits": {0: "batch"}}, opset_version=17, do_constant_folding=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=graph.names, output_names=["logits"],
+                              dynamic_axes={**dims, "logits": {0: "batch"}}, opset_version=17, do_constant_folding=True)
+    except Exception as err:
+        raise RuntimeError(f"dynamo exporter: {dynamo_error}; TorchScript-based exporter: {reason(err)}") from err
     return "torchscript", dynamo_error
 
 
@@ -423,9 +450,10 @@ def export_loaded(model: MultimodalModel, classes: list, out_dir: str | Path, fm
     out_dir = Path(out_dir)
     _check_out(out_dir, overwrite)
     head = head_kind(model.head)
-    if getattr(model.head, "batch_keys", ()):
-        raise ExportRefused(f"the token head reads {list(model.head.batch_keys)} from the batch (word features): "
-                            "those are computed in mm's Python code, which the exported graph cannot run")
+    batch_keys = tuple(getattr(model.head, "batch_keys", ()))
+    if set(batch_keys) - {"word_shape"}:
+        raise ExportRefused(f"the head ({type(model.head).__name__}) reads {list(batch_keys)} from the batch; the "
+                            "bundle's preprocessing computes only word_shape")
     token_head = head == "token"
     merged = merge_adapters(model)
     model.eval()
@@ -434,7 +462,7 @@ def export_loaded(model: MultimodalModel, classes: list, out_dir: str | Path, fm
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        prep = {m: preprocessing(model.encoders[m], staging / m, token_head) for m in model.modalities}
+        prep = {m: preprocessing(model.encoders[m], staging / m, token_head, batch_keys) for m in model.modalities}
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             samples = sample_values(model.modalities, token_head, root)
@@ -454,7 +482,8 @@ def export_loaded(model: MultimodalModel, classes: list, out_dir: str | Path, fm
                         exporter, dynamo_error = "torch.jit.trace", ""
                 except Exception as err:
                     where = locate_failure(graph, args)
-                    raise ExportRefused(f"cannot export {where or 'the model: ' + reason(err)}") from err
+                    raise ExportRefused(f"cannot export {where or 'the model'} ({reason(err)})" if where
+                                        else f"cannot export the model: {reason(err)}") from err
             bundle = {
                 "format": BUNDLE_FORMAT,
                 "model_id": model_id,
@@ -510,6 +539,9 @@ def check(model: MultimodalModel, folder: Path, samples: list[dict[str, Any]], r
                                         f"{ours.shape}, the encoder's {theirs.shape}")
                 diff = float(np.abs(ours.astype(np.float64) - theirs).max()) if ours.size else 0.0
                 prep_diffs[name] = max(prep_diffs.get(name, 0.0), diff)
+        for k in bundle.batch_keys:
+            if not np.array_equal(feeds[f"batch.{k}"], batch[k].numpy()):
+                raise ExportRefused(f"batch {name!r}: the bundle's {k} differs from the collator's")
     worst = max(diffs, key=diffs.get)
     if diffs[worst] > tolerance:
         raise ExportRefused(f"the exported model's logits differ from PyTorch's by {diffs[worst]:.3g} on batch "

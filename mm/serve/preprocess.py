@@ -39,6 +39,33 @@ HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
+# Word shapes for a token head with word features: the ids of ``mm.encoders.word_features.SHAPES``
+# (the export refuses a model whose table differs), computed by ``word_shape`` as that module does.
+SHAPES = ("none", "lower", "title", "upper", "single_upper", "mixed", "digits", "has_digit", "punct", "other",
+          "title_first")
+
+
+def word_shape(word: str, first: bool = False) -> int:
+    """``mm.encoders.word_features.word_shape`` without torch: the id in ``SHAPES`` of a word's shape."""
+    letters = [c for c in word if c.isalpha()]
+    if word.isdigit():
+        return SHAPES.index("digits")
+    if any(c.isdigit() for c in word):
+        return SHAPES.index("has_digit")
+    if not letters:
+        return SHAPES.index("punct") if all(not c.isalnum() and not c.isspace() for c in word) and word else SHAPES.index("other")
+    cased = [c for c in letters if c.isupper() or c.islower()]
+    if not cased:
+        return SHAPES.index("other")
+    if all(c.islower() for c in cased):
+        return SHAPES.index("lower")
+    if all(c.isupper() for c in cased):
+        return SHAPES.index("single_upper" if len(cased) == 1 else "upper")
+    if cased[0].isupper() and all(c.islower() for c in cased[1:]):
+        return SHAPES.index("title_first" if first else "title")
+    return SHAPES.index("mixed")
+
+
 class InputError(ValueError):
     """A raw input that cannot be decoded (the message names the modality and the reason)."""
 
@@ -183,7 +210,12 @@ class TextPrep:
             out["token_type_ids"][i, :n] = e.type_ids
             out["attention_mask"][i, :n] = 1
         word_ids = [list(e.word_ids) + [None] * (T - len(e.ids)) for e in encodings]
-        return {k: out[k] for k in self.names}, word_ids
+        arrays = {k: out[k] for k in self.names}
+        if self.spec.get("word_shapes"):  # the token head's word-shape ids, per piece (0: no word)
+            shapes = [[word_shape(w, first=j == 0) for j, w in enumerate(words)] for words in values]
+            arrays["word_shape"] = np.array([[0 if w is None else s[w] for w in ids] for s, ids in zip(shapes, word_ids, strict=True)],
+                                            dtype=np.int64).reshape(len(values), T)
+        return arrays, word_ids
 
     def collate(self, values: list[Any]) -> dict[str, np.ndarray]:
         return self.encode(values)[0]
