@@ -7,7 +7,10 @@ Writes RUN_DIR/eval-<split>/robustness.{csv,md,png} (metric with each subset of 
 at test time, and with noise of growing strength on each modality), prints the Markdown, and logs
 the table and heatmap to the run's W&B run. With ``--calibrate`` (classification), also fits
 temperature scaling on val and reports ECE, NLL and accuracy on test before and after it
-(RUN_DIR/report/calibration.json and test_reliability_calibrated.png). The last stdout line is a
+(RUN_DIR/report/calibration.json and test_reliability_calibrated.png). A classification run also
+gets its modality contributions: exact per-sample Shapley values of each modality and pairwise
+interactions (``mm.explain``: all 2^M coalitions, not sampled), averaged per class and over the split,
+in RUN_DIR/eval-<split>/contributions.{csv,md,json,png} and W&B. The last stdout line is a
 JSON summary.
 """
 
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=float, nargs="+", default=None, help="noise strengths (0 = clean)")
     parser.add_argument("--metric", default=None, help="metric for tables and heatmap (default: the run's train.metric)")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to the run's W&B run")
+    parser.add_argument("--no-contributions", action="store_true", help="skip the modality Shapley values")
     parser.add_argument("--calibrate", action="store_true",
                         help="classification: fit temperature scaling on val, report test ECE/NLL/accuracy before and after")
     args = parser.parse_args(argv)
@@ -58,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --metric: {err.args[0]}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())
+    contributions = None
+    if cfg.head.name == "classification" and not args.no_contributions:
+        from mm.explain.contributions import split_shapley, write_contributions
+
+        contributions = split_shapley(model, job.loader(args.split))
+        contribution_paths = write_contributions(contributions, classes, args.run_dir / f"eval-{args.split}",
+                                                 title=f"{args.run_dir.name} ({args.split})")
+        print(contribution_paths["md"].read_text())
+        paths |= {f"contributions_{k}": v for k, v in contribution_paths.items()}
 
     if not args.no_wandb and cfg.wandb.mode != "disabled":
         last_step = max((json.loads(x)["step"] for x in (args.run_dir / "metrics.jsonl").read_text().splitlines()), default=0)
@@ -68,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         tracker.log_table(f"robustness/{args.split}", columns, [[r[c] for c in columns] for r in rows])
         tracker.log_image(f"robustness/{args.split}_heatmap", paths["png"])
         log_robustness(tracker, rows, args.split, metric)  # native W&B charts
+        if contributions is not None:
+            from mm.explain.contributions import log_contributions
+
+            log_contributions(tracker, contributions, classes, contribution_paths, args.split)
         tracker.finish()
     calibration = calibrate(model, job, cfg, args.run_dir / "report") if args.calibrate else None
     clean = next(r for r in rows if r["kind"] == "removed" and r["modality"] == "none")

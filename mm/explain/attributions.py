@@ -194,7 +194,7 @@ def word_groups(tokenizer: Any, ids: torch.Tensor, attention: torch.Tensor, spec
     words: list[list[str]] = []
     for b in range(ids.shape[0]):
         real = [int(i) for i, s in zip(ids[b], special[b], strict=True) if not s]
-        text = texts[b] if texts is not None else tokenizer.decode(real)
+        text = texts[b] if texts is not None and texts[b] is not None else tokenizer.decode(real)
         enc = tokenizer(text, add_special_tokens=False)
         positions = [t for t in range(ids.shape[1]) if not special[b, t]]
         if tokenizer.is_fast and enc["input_ids"][: len(real)] == real:
