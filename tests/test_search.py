@@ -297,21 +297,21 @@ def test_fair_grid_gives_each_variant_its_own_rates(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({"overrides": TASK, "grid": {
         "strategy": {"frozen": ["encoders.image.trainable=frozen"], "full": ["encoders.image.trainable=full"]},
-        "train.batch_size": [8, 16]}, "seeds": [0, 1]}))
+        "optim.weight_decay": [0.0, 0.1]}, "seeds": [0, 1]}, sort_keys=False))
     grid = load_grid(path)
     labels = [label for label, _ in variants(grid)]
-    assert labels == ["strategy=frozen,train.batch_size=8", "strategy=frozen,train.batch_size=16",
-                      "strategy=full,train.batch_size=8", "strategy=full,train.batch_size=16"]
+    assert labels == ["strategy=frozen,optim.weight_decay=0.0", "strategy=frozen,optim.weight_decay=0.1",
+                      "strategy=full,optim.weight_decay=0.0", "strategy=full,optim.weight_decay=0.1"]
     rates = {label: [f"optim.lr={0.001 * (i + 1):g}"] for i, label in enumerate(labels)}
     out = fair_grid(grid, rates, tmp_path / "fair.yaml", "test")
     assert out.read_text().splitlines()[0] == f"# python scripts/ablate.py {out}"
     fair = load_grid(out)
     assert fair.seeds == [0, 1] and fair.name == "grid_own_lr"
     cells = expand(fair, tmp_path / "runs")
-    lr = {(c.values["variant"], c.seed): (c.cfg.optim.lr, c.cfg.train.batch_size,
+    lr = {(c.values["variant"], c.seed): (c.cfg.optim.lr, c.cfg.optim.weight_decay,
                                           c.cfg.encoders.image.trainable) for c in cells}
-    assert lr[("strategy=full,train.batch_size=8", 1)] == (0.003, 8, "full")
-    assert lr[("strategy=frozen,train.batch_size=16", 0)] == (0.002, 16, "frozen")
+    assert lr[("strategy=full,optim.weight_decay=0.0", 1)] == (0.003, 0.0, "full")
+    assert lr[("strategy=frozen,optim.weight_decay=0.1", 0)] == (0.002, 0.1, "frozen")
     assert len(cells) == 8
 
 
