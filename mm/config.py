@@ -273,8 +273,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     Raises:
         ConfigError: on a missing file, unknown or renamed key, wrong type or invalid value.
     """
-    merged = OmegaConf.structured(Config)
-    where = "defaults"
+    where, loaded = "defaults", None
     try:
         if path is not None:
             where = str(path)
@@ -284,12 +283,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if _is_resolved(loaded):  # a run folder's config.yaml, written by mm before a rename: read it renamed
                 loaded = upgrade_resolved(loaded)
             check_renamed(_dotted_keys(loaded), where)
-            merged = OmegaConf.merge(merged, loaded)
-        where = "command-line overrides"
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-        check_renamed([item.split("=", 1)[0].lstrip("+~") for item in overrides], where)
+        check_renamed([item.split("=", 1)[0].lstrip("+~") for item in overrides], "command-line overrides")
+        _ranges_before_registries(loaded, overrides)
+        merged = OmegaConf.structured(Config)  # reads the registries: imports every implementation
+        if loaded is not None:
+            merged = OmegaConf.merge(merged, loaded)
+        where = "command-line overrides"
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
@@ -298,6 +300,48 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"{where}: invalid config key '{key}': {msg}") from None
     validate(cfg)
     return cfg
+
+
+@dataclass
+class _OwnFusion:
+    modality_dropout: float = 0.0
+
+
+@dataclass
+class _OwnSections:
+    """The sections this module owns, alone: what ``_check_ranges`` reads (of the fusion section only
+    ``modality_dropout``), without the sections assembled from the registries."""
+
+    name: str | None = None
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    fusion: _OwnFusion = field(default_factory=_OwnFusion)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _ranges_before_registries(loaded: Any, overrides: list[str] | tuple[str, ...]) -> None:
+    """Refuse an out-of-range value of the sections this module owns before the registries are read:
+    reading them imports torch and every implementation (seconds; tens of seconds on a busy machine),
+    so ``optim.lr=-1`` is refused in well under a second. Anything else wrong (an unknown key, a wrong
+    type, a registry section's value) is left to the full pass, which names it."""
+    own = {f.name for f in fields(_OwnSections)} - {"fusion"}
+    try:
+        merged = OmegaConf.structured(_OwnSections)
+        if isinstance(loaded, dict):
+            mine = {k: v for k, v in loaded.items() if k in own}
+            fusion = loaded.get("fusion")
+            if isinstance(fusion, dict) and "modality_dropout" in fusion:
+                mine["fusion"] = {"modality_dropout": fusion["modality_dropout"]}
+            merged = OmegaConf.merge(merged, mine)
+        keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+        mine = [o for o, k in zip(overrides, keys, strict=True) if k.split(".")[0] in own or k == "fusion.modality_dropout"]
+        cfg = OmegaConf.to_object(OmegaConf.merge(merged, OmegaConf.from_dotlist(mine)))
+        _check_ranges(cfg)  # type: ignore[arg-type]
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001  (the full pass reports it, with its key)
+        return
 
 
 def check_choice(key: str, value: Any, valid: Iterable[str]) -> None:

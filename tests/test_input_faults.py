@@ -287,3 +287,25 @@ def test_every_head_reports_the_metric_names_it_declares():
         shape = {"regression": (6,), "token": (6, 4, 3)}.get(name, (6, classes))
         reported = head.metrics([torch.randn(*shape)], [labels])
         assert sorted(reported) == sorted(type(head).metric_names(cfg.head)), name
+
+
+def test_a_range_error_is_refused_before_torch_is_imported(tmp_path):
+    """``python scripts/train.py optim.lr=-1`` answers before any implementation is imported (it took
+    tens of seconds on a busy machine: the registries import torch and every backbone library)."""
+    probe = textwrap.dedent("""
+        import sys
+        from mm.config import ConfigError, load_config
+        for overrides in (["optim.lr=-1"], ["fusion.modality_dropout=1.5"], ["train.epochs=0", "fusion.name=concat"]):
+            try:
+                load_config(None, overrides)
+            except ConfigError as err:
+                print(err)
+        print(sorted(m for m in ("torch", "transformers", "timm", "sklearn") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.splitlines() == ["invalid value for 'optim.lr': -1.0; allowed: > 0",
+                                       "invalid value for 'fusion.modality_dropout': 1.5; allowed: [0, 1)",
+                                       "invalid value for 'train.epochs': 0; allowed: >= 1", "[]"]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "optim.lr=-1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (2, "error: invalid value for 'optim.lr': -1.0; allowed: > 0\n")
