@@ -86,6 +86,28 @@ def test_sweep_says_so_when_nothing_can_be_learned() -> None:
     assert lr_find.overrides([curve]) == []
 
 
+def test_blind_floor_is_the_entropy_of_the_label_frequencies() -> None:
+    from mm.heads import ClassificationHead
+
+    head = ClassificationHead(4, 3)
+    y = [torch.tensor([0, 0, 0]), torch.tensor([1])]  # frequencies 3/4, 1/4, 0
+    assert lr_find.blind_floor(head, y) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), abs=1e-6)
+    assert lr_find.blind_floor(torch.nn.Linear(2, 2), y) is None
+
+
+def test_a_fall_to_the_label_frequencies_is_not_learning() -> None:
+    """A two-class head that starts badly (0.82) and only learns the class balance (log 2) falls 19 %
+    from its start, yet never below what predicting the frequencies gives: no suggestion then."""
+    lrs = [lr_find.lr_at(i, 60, 1e-5, 1.0) for i in range(60)]
+    losses = [math.log(2) + 0.13 * math.exp(-i / 8) - 0.03 * (i > 30) * math.sin(i) ** 2 for i in range(60)]
+    curve = lr_find.Curve("new", lrs=lrs, losses=losses, smoothed=losses)
+    assert lr_find.suggest(curve, 0.1).reason is None  # against its own start it looks like learning
+    curve = lr_find.Curve("new", lrs=lrs, losses=losses, smoothed=losses)
+    reason = lr_find.suggest(curve, 0.1, floor=math.log(2)).reason
+    assert "never fell 10% below the blind floor (predicting the label frequencies), 0.6931" in reason
+    assert curve.steepest is None and curve.min_tenth is None
+
+
 def test_sweep_rejects_bad_bounds() -> None:
     with pytest.raises(ValueError, match="start_lr < end_lr"):
         lr_find.sweep(lambda lr: 1.0, "new", start_lr=1.0, end_lr=0.1)

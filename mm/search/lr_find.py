@@ -15,15 +15,18 @@ Two suggestions come from the smoothed curve (``suggest``):
   before the minimum;
 - ``min_tenth``: a tenth of the rate at the minimum of the smoothed loss.
 
-A model that cannot learn at any rate (its inputs carry nothing about the label) shows a curve that
-never falls by ``min_drop`` of its starting value: then there is no suggestion, and ``reason`` says
-so. The sweep is ``sweep``, a pure function of a step function, usable on any model; ``range_test``
+A model that cannot learn at any rate (its inputs carry nothing about the label) can at best learn
+the label frequencies: its loss never falls by ``min_drop`` below the *blind floor*, the loss of
+predicting the training labels' frequencies whatever the input (for classification heads, computed
+from the labels the sweep saw, with the head's label smoothing; other heads use the curve's own
+start). Then there is no suggestion, and ``reason`` says so. The sweep is ``sweep``, a pure function of a step function, usable on any model; ``range_test``
 runs it on an mm config.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,7 +73,8 @@ def lr_at(i: int, steps: int, start_lr: float, end_lr: float) -> float:
 
 
 def sweep(step: Callable[[float], float], part: str, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-          steps: int = 100, beta: float = 0.9, diverge: float = 4.0, min_drop: float = 0.1) -> Curve:
+          steps: int = 100, beta: float = 0.9, diverge: float = 4.0, min_drop: float = 0.1,
+          floor: Callable[[], float | None] | None = None) -> Curve:
     """Runs ``step(lr) -> loss`` at exponentially rising rates and suggests from the smoothed losses.
 
     Args:
@@ -81,7 +85,9 @@ def sweep(step: Callable[[float], float], part: str, *, start_lr: float = 1e-7, 
         steps: optimizer steps from ``start_lr`` to ``end_lr``.
         beta: the moving average's weight of the past (0: no smoothing).
         diverge: stop when the smoothed loss exceeds this multiple of its minimum.
-        min_drop: the least relative fall of the smoothed loss below its start that counts as learning.
+        min_drop: the least relative fall of the smoothed loss below the blind floor (or, without
+            one, below its start) that counts as learning.
+        floor: called after the sweep: the blind floor, or None.
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
@@ -103,14 +109,16 @@ def sweep(step: Callable[[float], float], part: str, *, start_lr: float = 1e-7, 
         if i > 0 and smooth > diverge * best:
             curve.diverged = True
             break
-    suggest(curve, min_drop)
+    suggest(curve, min_drop, floor() if floor is not None else None)
     return curve
 
 
-def suggest(curve: Curve, min_drop: float = 0.1, skip_start: float = 0.1) -> Curve:
+def suggest(curve: Curve, min_drop: float = 0.1, floor: float | None = None, skip_start: float = 0.1) -> Curve:
     """Fills ``steepest`` and ``min_tenth`` from ``curve.smoothed``, or ``reason`` when it cannot.
 
-    The first ``skip_start`` of the points (the moving average still settling) are not candidates.
+    Learning means a smoothed minimum ``min_drop`` below ``floor`` (the blind floor), or without
+    one, below the curve's start. The first ``skip_start`` of the points (the moving average still
+    settling) are not candidates.
     """
     s = np.asarray(curve.smoothed, dtype=float)
     lrs = np.asarray(curve.lrs[:len(s)], dtype=float)
@@ -120,10 +128,11 @@ def suggest(curve: Curve, min_drop: float = 0.1, skip_start: float = 0.1) -> Cur
     k = min(len(s) - 3, max(1, int(round(skip_start * len(s)))))
     start = float(np.mean(s[:k]))
     lo = k + int(np.argmin(s[k:]))
-    drop = (start - float(s[lo])) / abs(start) if start else 0.0
+    ref, what = (floor, "the blind floor (predicting the label frequencies)") if floor else (start, "its start")
+    drop = (ref - float(s[lo])) / abs(ref) if ref else 0.0
     if drop < min_drop:
-        curve.reason = (f"the smoothed loss never fell by {min_drop:.0%} of its start ({start:.4g}) at any rate "
-                        f"from {lrs[0]:.3g} to {lrs[-1]:.3g} (best fall {max(drop, 0.0):.1%}): this model does "
+        curve.reason = (f"the smoothed loss never fell {min_drop:.0%} below {what}, {ref:.4g}, at any rate "
+                        f"from {lrs[0]:.3g} to {lrs[-1]:.3g} (best {float(s[lo]):.4g}): this model does "
                         f"not learn from these inputs at any rate, so no rate is suggested")
         return curve
     curve.min_tenth = float(lrs[lo]) / 10
@@ -160,15 +169,33 @@ def range_test(cfg: Any, parts: tuple[str, ...] | None = None, *, start_lr: floa
             if parts:
                 raise ValueError(f"no trainable parameters in part {part!r} of this config")
             continue
-        step = _step(job, optimizer, part, cfg)
+        labels: list = []
+        step = _step(job, optimizer, part, cfg, labels)
         log(f"range test of {part} ({LR_KEYS[part]}): {steps} steps from {start_lr:g} to {end_lr:g}")
         curves.append(sweep(step, part, start_lr=start_lr, end_lr=end_lr, steps=steps, beta=beta,
-                            diverge=diverge, min_drop=min_drop))
+                            diverge=diverge, min_drop=min_drop, floor=functools.partial(blind_floor, job.model.head, labels)))
     return curves
 
 
-def _step(job: Any, optimizer: Any, part: str, cfg: Any) -> Callable[[float], float]:
-    """One optimizer step of ``job.model`` with ``part``'s groups at the given rate, the others at 0."""
+def blind_floor(head: Any, labels: list) -> float | None:
+    """The loss of predicting the label frequencies whatever the input: the best a model that learns
+    nothing from its inputs can reach. Classification heads only (None for the others)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mm.heads import ClassificationHead
+
+    if not isinstance(head, ClassificationHead) or not labels:
+        return None
+    y = torch.cat(labels)
+    freq = torch.bincount(y, minlength=head.linear.out_features).float() / len(y)
+    logits = torch.log(freq.clamp_min(1e-12)).expand(len(y), -1)
+    return float(F.cross_entropy(logits, y, label_smoothing=head.label_smoothing))
+
+
+def _step(job: Any, optimizer: Any, part: str, cfg: Any, labels: list) -> Callable[[float], float]:
+    """One optimizer step of ``job.model`` with ``part``'s groups at the given rate, the others at 0;
+    the labels of its batches go to ``labels``."""
     import torch
 
     from mm.features import encode_with_cache
@@ -186,7 +213,9 @@ def _step(job: Any, optimizer: Any, part: str, cfg: Any) -> Callable[[float], fl
     def one_step(lr: float) -> float:
         for g in optimizer.param_groups:
             g["lr"] = lr if g["name"].split("/")[0] == part else 0.0  # (and no gradient: frozen above)
-        batch = to_device(next(batches), device)
+        batch = next(batches)
+        labels.append(batch["label"].detach().cpu())
+        batch = to_device(batch, device)
         with autocast(device, cfg.train.precision):
             logits = model(batch, outputs=encode_with_cache(model, batch))
         loss = model.head.loss(logits, batch)
@@ -246,7 +275,9 @@ def plot(curves: list[Curve], path: Any, title: str = "learning-rate range test"
             lo, hi = min(c.smoothed), max(c.smoothed[0], min(c.smoothed) * 2)
             ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, 90 * len(curves))), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
