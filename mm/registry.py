@@ -23,16 +23,23 @@ from typing import Any, get_type_hints
 # The packages whose import registers the built-in implementations (each file registers itself;
 # a new file is imported by its package's __init__, one line).
 BUILTINS = ("mm.encoders", "mm.fusion", "mm.heads", "mm.data.synthetic_tasks", "mm.tracking")
-_loaded = False
+_state = "unloaded"  # -> "loading" (a registry read while the built-ins import: no recursion) -> "loaded"
 
 
 def load_builtins() -> None:
-    """Import the built-in implementations once (each registers itself on import)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
+    """Import the built-in implementations once (each registers itself on import). A failed import
+    propagates, and the next read tries again rather than serve a half-filled registry."""
+    global _state
+    if _state != "unloaded":
+        return
+    _state = "loading"
+    try:
         for package in BUILTINS:
             importlib.import_module(package)
+    except BaseException:
+        _state = "unloaded"
+        raise
+    _state = "loaded"
 
 
 class UnknownName(KeyError, ValueError):
