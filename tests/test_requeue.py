@@ -39,7 +39,7 @@ def train_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "scripts/train.py", *RUN, *FLAGS, f"--out-dir={out}", "name=run", *extra]
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -100,7 +100,7 @@ def test_two_trainings_in_one_folder_the_second_exits_2_naming_the_first(tmp_pat
     # An overlapping requeue of the same job, and a --resume of the same folder, while the first trains.
     for extra in (["--auto-resume"], ["--resume", str(tmp_path / "run")]):
         second = subprocess.run(train_cmd(tmp_path, longer, *extra), cwd=ROOT, capture_output=True, text=True,
-                                timeout=300)
+                                timeout=900)
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"in use by another process (pid {first.pid})" in second.stderr
     assert first.poll() is None, "the first run ended before the others were refused"
@@ -127,12 +127,12 @@ def test_auto_resume_converges_whatever_the_moment_of_each_preemption(tmp_path, 
     proc = subprocess.Popen(train_cmd(tmp_path, "--auto-resume"), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     wait_for(run / "checkpoints" / "step-00000005", proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=900)
     assert proc.returncode == 143, err[-2000:]
     step = int((run / "checkpoints" / "last").resolve().name.split("-")[1])
     assert 5 <= step < 40
     # 3. The last requeue finishes the run: one folder, the uninterrupted run's weights, results and log.
-    done = subprocess.run(train_cmd(tmp_path, "--auto-resume"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(train_cmd(tmp_path, "--auto-resume"), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     results = json.loads((run / "results.json").read_text())
@@ -152,7 +152,7 @@ def test_a_finished_run_requeued_reports_itself_and_changes_nothing(tmp_path):
     before = snapshot(tmp_path / "run")
     for extra in (["--auto-resume"], ["--resume", str(tmp_path / "run")]):
         again = subprocess.run(train_cmd(tmp_path, "train.max_steps=2", *extra), cwd=ROOT, capture_output=True,
-                               text=True, timeout=300)
+                               text=True, timeout=900)
         assert again.returncode == 0, again.stderr[-2000:]
         assert "has finished already" in again.stderr
         summary = json.loads(again.stdout.strip().splitlines()[-1])
@@ -171,13 +171,13 @@ def test_a_truncated_best_checkpoint_is_refused_at_resume_start_naming_the_file(
     wait_for(ckpt / "best", proc)
     time.sleep(1)  # past step 5's own signal check: the stop then checkpoints a later step
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=300)
+    proc.communicate(timeout=900)
     assert (ckpt / "best").resolve().name == "step-00000005" != (ckpt / "last").resolve().name
     weights = ckpt / "step-00000005" / "model.safetensors"
     with open(weights, "r+b") as f:
         f.truncate(weights.stat().st_size // 2)
     last_before = (ckpt / "last").resolve().name
-    resumed = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 2, resumed.stderr[-2000:]
     assert "best checkpoint (step 5)" in resumed.stderr and str(weights) in resumed.stderr
     assert (ckpt / "last").resolve().name == last_before and not (tmp_path / "run" / "results.json").exists()
@@ -206,7 +206,7 @@ def test_a_step_folder_without_its_manifest_counts_as_damaged(tmp_path):
 @pytest.mark.slow
 def test_divergence_before_the_first_checkpoint_says_there_is_none(tmp_path):
     proc = subprocess.run(train_cmd(tmp_path, "train.eval_every=100", "optim.lr=1e9", "optim.backbone_lr=1e9",
-                                    "optim.max_grad_norm=0"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                    "optim.max_grad_norm=0"), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1 and "training diverged" in proc.stderr, proc.stderr[-2000:]
     assert "no checkpoint was written yet" in proc.stderr and "last good checkpoint is" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints" / "last").exists()

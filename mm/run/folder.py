@@ -87,22 +87,42 @@ def new_folder(base: Path) -> Path:
             run_dir = base.with_name(f"{base.name}-{k}")
 
 
+def finished(run_dir: Path, cfg: Config, opts: RunOptions, d: Dist) -> bool:
+    """The run in ``run_dir`` finished (``results.json`` is written last) as this very experiment would run:
+    its last checkpoint has this config and world size. A resume that changes a setting it may change
+    (``--allow-changes train.max_steps``) continues the run instead; one it may not is refused.
+
+    Raises:
+        ResumeError: the config differs in keys not allowed to change.
+    """
+    from mm.config import to_dict
+    from mm.run.checkpoint import resume_point
+    from mm.run.resume import check_resume
+
+    if not (run_dir / RESULTS).is_file():
+        return False
+    found = resume_point(run_dir / "checkpoints")
+    if found is None or found[1].get("world", 1) != d.world:
+        return False  # the resume says what is wrong
+    return not check_resume(found[1], to_dict(cfg), d, opts.allow_changes)
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     ckpt = run_dir / "checkpoints"
     return (ckpt / "last").exists() or any(ckpt.glob("step-*"))
 
 
-def claim(cfg: Config, opts: RunOptions) -> tuple[Path, str]:
+def claim(cfg: Config, opts: RunOptions, d: Dist) -> tuple[Path, str]:
     """Rank 0's part of ``run_folder``: the folder, locked, and what to do in it."""
     base = Path(opts.out_dir) / (cfg.name or default_run_name(cfg))
     if opts.resume or opts.auto_resume:
-        if (base / RESULTS).is_file():  # finished: nothing to do, nothing to touch
+        if finished(base, cfg, opts, d):  # nothing to do, nothing to touch
             return base, "finished"
         if not opts.auto_resume and not (base / "checkpoints").is_dir():
             raise FileNotFoundError(f"--resume: no checkpoint to resume in {base}/checkpoints")
         base.mkdir(parents=True, exist_ok=True)
         lock(base)
-        if (base / RESULTS).is_file():  # it finished while we waited for the folder
+        if finished(base, cfg, opts, d):  # it finished while we waited for the folder
             unlock(base)
             return base, "finished"
         return base, "resume" if opts.resume or has_checkpoint(base) else "start"
@@ -118,11 +138,12 @@ def run_folder(cfg: Config, opts: RunOptions, d: Dist | None = None) -> tuple[Pa
     Raises:
         RunLocked: another process holds the folder.
         FileNotFoundError: ``--resume`` of a folder without checkpoints.
+        ResumeError: a finished run resumed with a config it may not change.
     """
     d = d or Dist()
     try:
-        picked: tuple[Path, str] | Exception = claim(cfg, opts) if d.main else (Path(), "")
-    except (RunLocked, FileNotFoundError) as err:
+        picked: tuple[Path, str] | Exception = claim(cfg, opts, d) if d.main else (Path(), "")
+    except (RunLocked, FileNotFoundError, ValueError) as err:  # ValueError: ResumeError, CheckpointError
         picked = err
     picked = distributed.broadcast(picked, d)  # rank 0 decides; every rank follows (or fails alike)
     if isinstance(picked, Exception):
