@@ -72,15 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     args, settings = parse(argv)
     import uvicorn
 
+    from mm.serve.models import model_kind
     from mm.serve.server import ENV_SETTINGS, create_app, load_model
 
     # A bad model folder fails here, before a port is opened (the workers load their own copy).
+    try:
+        model_kind(settings.model)
+        model = load_model(settings.model, settings.threads) if args.workers == 1 else None
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.workers == 1:
-        try:
-            model = load_model(settings.model, settings.threads)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         app = create_app(settings, model)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 timeout_graceful_shutdown=settings.timeout_s + 5)

@@ -106,14 +106,21 @@ class TorchModel:
 def load_model(path: str | Path, threads: int | None = None) -> Any:
     """The model at ``path``: an export folder (``bundle.json``: ``mm.serve.bundle.Bundle``, ONNX
     Runtime or TorchScript) or an mm run folder (a downloaded W&B model artifact's folder too)."""
-    path = Path(path)
-    if (path / "bundle.json").is_file():
+    if model_kind(path) == "export":
         from mm.serve.bundle import Bundle
 
         return Bundle.open(path, threads)
+    return TorchModel(path, threads)
+
+
+def model_kind(path: str | Path) -> str:
+    """``export`` (``bundle.json``) or ``run`` (``config.yaml``); a ``FileNotFoundError`` otherwise."""
+    path = Path(path)
+    if (path / "bundle.json").is_file():
+        return "export"
     if (path / "config.yaml").is_file():
-        return TorchModel(path, threads)
-    raise FileNotFoundError(f"{path} is neither an mm run folder (config.yaml) nor an export folder")
+        return "run"
+    raise FileNotFoundError(f"{path} is neither an mm run folder (config.yaml) nor an export folder (bundle.json)")
 
 
 def answer(head: str, pred: dict[str, Any]) -> dict[str, Any]:
