@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -157,6 +158,9 @@ def run_trial(search: Search, study: Any, trial: Any, out_dir: Path, log: Callab
             proc.terminate()  # this process is stopping (Ctrl-C): so does the run
             proc.wait()
             raise
+    # A pruned run trains on until it reads the signal; its own last words give the step it stopped at.
+    stopped = re.findall(r"stopped by SIGTERM at step (\d+)", log_file.read_text()) if pruned else []
+    steps = int(stopped[-1]) if stopped else steps
     trial.set_user_attr("steps", steps)
     trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
     if pruned and proc.returncode in (0, 128 + signal.SIGTERM):
