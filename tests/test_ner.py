@@ -529,3 +529,20 @@ def test_a_label_key_missing_on_every_row_is_said_once_with_the_fix(tmp_path: Pa
     assert str(err.value).splitlines()[1:] == [f"  no label at key 'label' in 30 of 30 rows ({root}/train.jsonl:1, "
                                                f"{root}/train.jsonl:2, {root}/train.jsonl:3, ...); the rows have "
                                                "'labels': set data.label_key=labels"]
+
+
+def test_make_ner_lengths_writes_a_corpus_of_the_given_shape(tmp_path: Path):
+    import make_ner_lengths
+
+    source = tmp_path / "fortunes"
+    source.mkdir()
+    for topic in ("computers", "politics", "science", "songs-poems"):
+        (source / topic).write_text("Peter flew to Paris, said the BBC.\n%\nall quiet here 42 times\n%\n" * 20)
+    out = tmp_path / "out"
+    assert make_ner_lengths.main([str(out), "--train", "50", "--val", "7", "--test", "9", "--source", str(source)]) == 0
+    rows = {s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "val", "test")}
+    assert {s: len(r) for s, r in rows.items()} == {"train": 50, "val": 7, "test": 9}
+    for row in rows["train"]:
+        assert 1 <= len(row["tokens"]) <= 113 and len(row["tags"]) == len(row["tokens"])
+        assert row["tags"] == ["B-MISC" if i and w[0].isupper() else "O" for i, w in enumerate(row["tokens"])]
+    assert make_ner_lengths.main([str(out), "--source", str(tmp_path / "none")]) == 2
