@@ -441,3 +441,30 @@ def test_an_export_folder_is_served_with_the_same_answers(run, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_a_token_tagging_run_answers_a_tag_per_word(tmp_path):
+    """A text-only CRF token head: /predict tags the words of the text as predict.py does."""
+    from mm.config import load_config
+    from mm.predict import predict_rows
+    from mm.train import RunOptions, train
+
+    cfg = load_config(None, [
+        "data.task=tags", "data.modalities=[text]", "head.name=token", "fusion.name=text_tokens",
+        "data.synthetic.n_train=64", "data.synthetic.n_val=16", "data.synthetic.n_test=16", "fusion.hidden_dim=16",
+        "encoders.text.source=tiny-bert", "train.max_steps=2", "train.metric=entity_f1", "wandb.mode=disabled",
+        "head.crf=true",
+    ])
+    run_dir = Path(train(cfg, RunOptions(out_dir=str(tmp_path / "runs"), progress=False))["run_dir"])
+    proc, url = start_server(run_dir, log=tmp_path / "log")
+    try:
+        text = "Peter Blackburn flew to Paris ."
+        r = requests.post(f"{url}/predict", data={"text": text}, timeout=60)
+        assert r.status_code == 200, r.text
+        want = next(predict_rows(run_dir, [{"text": text, "tokens": text.split()}], tmp_path))
+        assert r.json()["tokens"] == text.split() and r.json()["tags"] == want["prediction"]
+        assert requests.post(f"{url}/predict?explain=true", data={"text": text}, timeout=60).status_code == 422
+    finally:
+        proc.kill()
+        proc.wait()

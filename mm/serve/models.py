@@ -85,7 +85,7 @@ class TorchModel:
             explain = [i for i, s in enumerate(samples) if s.get("explain")]
             shap = self._shapley(batch, outputs) if explain else None
         words = [s["words"] for s in samples] if self.head == "token" else None
-        preds = decode(self.head, logits, batch, self.classes, words)
+        preds = decode(self.head, logits, batch, self.classes, words, self.model.head)  # CRF heads: Viterbi
         for i in explain:
             preds[i]["contributions"] = {
                 "measure": "probability of the predicted class", "baseline": round(float(shap["baseline"][i]), 6),
