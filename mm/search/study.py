@@ -60,8 +60,10 @@ def open_study(search: Search, out_dir: Path, worker: int = 0) -> Any:
                          grace_period=search.heartbeat["grace"],
                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     study = optuna.create_study(study_name=search.name, storage=storage, direction=search.direction,
-                                sampler=build("sampler", search.sampler, seed_offset=1000 * worker),
                                 pruner=build("pruner", search.pruner), load_if_exists=True)
+    # A seeded sampler in a resumed (or a second) process must not draw the first values again: its
+    # seed is offset by the worker and by the trials the study already has.
+    study.sampler = build("sampler", search.sampler, seed_offset=1000 * worker + len(study.trials))
     return study
 
 
@@ -163,7 +165,8 @@ def run_trial(search: Search, study: Any, trial: Any, out_dir: Path, log: Callab
     steps = int(stopped[-1]) if stopped else steps
     trial.set_user_attr("steps", steps)
     trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
-    if pruned and proc.returncode in (0, 128 + signal.SIGTERM):
+    if pruned:  # stopped because the pruner said so, whatever status the stop gave it
+        trial.set_user_attr("exit_code", proc.returncode)
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
     results = run_dir / "results.json"
