@@ -4,6 +4,7 @@ that explanations are true (known answers on trained tiny models are ``slow``)."
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import subprocess
 import sys
@@ -127,6 +128,26 @@ def test_modality_shapley_is_exact_efficient_and_one_batched_pass(tiny):
     assert torch.equal(modality_shapley(model, batch, target=other)["target"], other)
 
 
+def test_split_contributions_table_and_plot(tiny, tmp_path):
+    from mm.explain.contributions import split_shapley, write_contributions
+
+    model, batch = tiny
+    result = split_shapley(model, [batch, batch])
+    assert result["forward_rows"] == 2 * 4 * 8 and result["labels"].tolist() == [0, 1, 2, 0] * 2
+    paths = write_contributions(result, ["a", "b", "c"], tmp_path)
+    rows = json.loads(paths["json"].read_text())
+    assert rows["exact"] is True and rows["coalitions"] == 8
+    every, a = rows["rows"][0], rows["rows"][1]
+    assert (every["group"], every["n"], a["group"], a["n"]) == ("all", 8, "a", 4)
+    assert sum(every[f"share/{m}"] for m in ("audio", "image", "text")) == pytest.approx(1.0, abs=1e-9)
+    gain = every["logodds/output"] - every["logodds/baseline"]
+    assert every["share/image:text"] == pytest.approx(every["logodds/image:text"] / gain)
+    phi = result["logodds"]["shapley"][result["labels"] == 0, 1].mean()
+    assert a["logodds/image"] == pytest.approx(float(phi))
+    assert "not sampled" in paths["md"].read_text() and paths["png"].stat().st_size > 0
+    assert len(paths["samples"].read_text().splitlines()) == 1 + 8
+
+
 def test_integrated_gradients_are_complete_and_words_are_whole(tiny):
     model, batch = tiny
     for modality in ("image", "audio", "text"):
@@ -232,3 +253,97 @@ def test_explain_script_refuses_bad_arguments_before_loading(tmp_path):
         proc = subprocess.run([sys.executable, "scripts/explain.py", str(tmp_path), *extra], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
+
+
+# ---------------------------------------------------------------- known answers on trained tiny models
+# Frozen encoders (MiniLM text, random tiny CNNs for pictures and spectrograms) with their features
+# cached, so only the fusion and head train; modality dropout teaches the missing embeddings.
+KNOWN = ["data.modalities=[text,image,audio]", "encoders.text.source=minilm", "encoders.image.source=tiny-cnn",
+         "encoders.image.trainable=frozen", "encoders.audio.source=tiny-cnn", "encoders.audio.trainable=frozen",
+         "data.modality_dropout=0.3", "train.epochs=15", "optim.lr=3e-3", "data.synthetic.n_train=640",
+         "data.synthetic.n_val=160", "data.synthetic.n_test=160", "train.batch_size=32", "train.progress=false",
+         "wandb.mode=disabled"]
+SYNTHETIC_TASKS = ("color", "count", "color_animal", "match")
+
+
+def known_answer_checks(run_dirs: dict[str, Path]) -> dict[str, float]:
+    """Every known-answer check on the trained runs of ``SYNTHETIC_TASKS``; returns the measured
+    numbers (the README quotes them) after asserting them."""
+    from mm.analysis.evaluation import load_run
+    from mm.data.synthetic_render import ANIMAL_WORDS
+    from mm.explain.checks import rank_correlation, shape_mask
+    from mm.explain.contributions import split_shapley, summarize
+    from mm.prepare import prepare
+
+    measured: dict[str, float] = {}
+    jobs = {}
+    for task, run_dir in run_dirs.items():
+        cfg, model, classes = load_run(run_dir)
+        job = prepare(cfg, classes, model, torch.device("cpu"), cache=False, augment=False)
+        jobs[task] = (model, job)
+        result = split_shapley(model, job.loader("test"))
+        r = result["logodds"]
+        assert (r["shapley"].sum(1) - (r["output"] - r["baseline"])).abs().max() < 1e-9  # efficiency, every sample
+        row = summarize(result, classes)[0]
+        measured |= {f"{task}/{k}": v for k, v in row.items() if k.startswith(("share/", "logodds/", "accuracy"))}
+    share = {t: {k.split("/", 2)[2]: v for k, v in measured.items() if k.startswith(f"{t}/share/")} for t in SYNTHETIC_TASKS}
+    assert share["color"]["image"] > 0.9, share["color"]                       # the picture decides
+    assert share["count"]["audio"] + share["count"]["text"] > 0.9, share["count"]
+    assert share["count"]["image"] < 0.1, share["count"]                       # the picture shows no count
+    assert min(share["color_animal"]["image"], share["color_animal"]["text"]) > 0.25, share["color_animal"]
+    assert share["color_animal"]["audio"] < 0.1, share["color_animal"]
+    inter, phi = measured["match/logodds/image:text"], (measured["match/logodds/image"], measured["match/logodds/text"])
+    assert inter > max(phi) > 0, (inter, phi)                                  # only together
+
+    # Where the object is: the attribution mass of the colour decision falls on the drawn shape.
+    model, job = jobs["color"]
+    batch = next(iter(job.loader("test")))
+    att = attribute(model, batch, "image", "ig", n_steps=32)
+    cfg = model.encoders["image"].data_config
+    mask = shape_mask(batch["image"]["pixel_values"], cfg["mean"], cfg["std"])
+    measured["color/mass_inside"] = float(mass_inside(att.maps, mask).mean())
+    measured["color/shape_area"] = float(mask.float().mean())
+    measured["color/pointing"] = float(pointing_game(att.maps, mask).float().mean())
+    assert measured["color/mass_inside"] > 1.2 * measured["color/shape_area"], measured
+    occluded = attribute(model, batch, "image", "occlusion")  # coarser and surer: 8-px patches
+    measured["color/occlusion_mass_inside"] = float(mass_inside(occluded.maps, mask).mean())
+    measured["color/occlusion_pointing"] = float(pointing_game(occluded.maps, mask).float().mean())
+    assert measured["color/occlusion_mass_inside"] > 1.8 * measured["color/shape_area"], measured
+    assert measured["color/occlusion_pointing"] > 2 * measured["color/shape_area"], measured
+    # Faithfulness: deleting the top-attributed pixels first lowers the probability faster than random.
+    curve = deletion_curve(model, batch, att, steps=10, random_orders=3)
+    measured["color/deletion_area"] = curve["area_between"]
+    assert curve["area_between"] > 0.05, curve
+    # Model randomisation: re-initialised fusion and head give unrelated maps.
+    rand = attribute(randomized_model(model), batch, "image", "ig", n_steps=32)
+    measured["color/randomised_spearman"] = float(np.mean(rank_correlation(att, rand)))
+    assert measured["color/randomised_spearman"] < 0.5, measured
+
+    # Which words: on color_animal the animal word scores highest in the caption.
+    model, job = jobs["color_animal"]
+    batch = next(iter(job.loader("test")))
+    texts = [job.splits["test"][int(i)]["text"] for i in batch["index"]]
+    att = attribute(model, batch, "text", "ig", n_steps=32, texts=texts)
+    animals = {w.lower() for ws in ANIMAL_WORDS.values() for phrase in ws for w in phrase.split()}
+    top = [max(ws, key=lambda t: t[1])[0].lower() for ws in att.words]
+    top = [w[:-1] if w.endswith("s") and w[:-1] in animals else w for w in top]  # plurals
+    measured["color_animal/top_word_is_animal"] = float(np.mean([w in animals for w in top]))
+    assert measured["color_animal/top_word_is_animal"] > 0.7, list(zip(texts, top, strict=True))[:5]
+    text_curve = deletion_curve(model, batch, att, steps=5, random_orders=3)
+    measured["color_animal/text_deletion_area"] = text_curve["area_between"]
+    assert text_curve["area_between"] > 0.02, text_curve
+    return measured
+
+
+@pytest.fixture(scope="module")
+def known_runs(tmp_path_factory):
+    import mm.train as mm_train
+
+    out = tmp_path_factory.mktemp("known")
+    return {t: Path(mm_train.train(load_config(None, [*KNOWN, f"data.task={t}", f"name={t}",
+                                                     f"train.out_dir={out}"]))["run_dir"]) for t in SYNTHETIC_TASKS}
+
+
+@pytest.mark.slow
+def test_explanations_find_the_known_answers_of_the_synthetic_tasks(known_runs):
+    known_answer_checks(known_runs)

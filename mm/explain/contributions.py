@@ -3,8 +3,9 @@ and over the split, written as CSV / Markdown / JSON and a bar plot, and logged 
 
 Averages are of signed values (a modality that pushes the predicted class down counts negative)
 in both currencies, probability and log-odds, grouped by the true class of the sample; the
-``all`` row is the split. ``share`` columns give each modality's and each pair's mean absolute
-value as a fraction of the sum of them, a scale-free "who decided" summary.
+``all`` row is the split. ``share`` columns give each modality's mean
+Shapley value (and each pair's interaction) as a fraction of the mean gain of the predicted class's
+log-odds over the all-missing model: the modalities' shares sum to 1, a scale-free "who decided".
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def split_shapley(model: torch.nn.Module, loader: DataLoader) -> dict[str, Any]:
 
 
 def summarize(result: dict[str, Any], classes: list) -> list[dict[str, Any]]:
-    """Rows ``{"group", "n", "accuracy", "<measure>/<modality>", "<measure>/<a>x<b>", "<measure>/output",
+    """Rows ``{"group", "n", "accuracy", "<measure>/<modality>", "<measure>/<a>:<b>", "<measure>/output",
     "<measure>/baseline", "share/<modality or pair>"}``: the split (``all``), then each true class."""
-    mods, pairs = result["modalities"], [f"{a}x{b}" for a, b in result["pairs"]]
+    mods, pairs = result["modalities"], [f"{a}:{b}" for a, b in result["pairs"]]
     labels = result["labels"]
     groups = [("all", torch.ones_like(labels, dtype=torch.bool))]
     groups += [(str(c), labels == i) for i, c in enumerate(classes) if bool((labels == i).any())]
@@ -59,12 +60,11 @@ def summarize(result: dict[str, Any], classes: list) -> list[dict[str, Any]]:
                 row[f"{measure}/{pair}"] = float(inter[:, p].mean())
             row[f"{measure}/output"] = float(r["output"][sel].mean())
             row[f"{measure}/baseline"] = float(r["baseline"][sel].mean())
-        # Shares of mean |value| in log-odds: who carried the decision, whatever its sign.
-        r = result["logodds"]
-        mags = {m: float(r["shapley"][sel][:, i].abs().mean()) for i, m in enumerate(mods)}
-        mags |= {pair: float(r["interaction"][sel][:, p].abs().mean()) for p, pair in enumerate(pairs)}
-        total = sum(mags.values()) or 1.0
-        row |= {f"share/{k}": v / total for k, v in mags.items()}
+        # Shares of the mean gain over the all-missing model (log-odds): the modalities' shares sum
+        # to 1 (efficiency); a pair's share is its mean interaction over the same gain.
+        gain = row["logodds/output"] - row["logodds/baseline"]
+        gain = gain if abs(gain) > 1e-12 else float("nan")
+        row |= {f"share/{k}": row[f"logodds/{k}"] / gain for k in [*mods, *pairs]}
         rows.append(row)
     return rows
 
@@ -122,7 +122,7 @@ def write_contributions(result: dict[str, Any], classes: list, out_dir: Path, ti
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(result, classes)
-    mods, pairs = result["modalities"], [f"{a}x{b}" for a, b in result["pairs"]]
+    mods, pairs = result["modalities"], [f"{a}:{b}" for a, b in result["pairs"]]
     paths = {k: out_dir / f"contributions.{k}" for k in ("csv", "md", "json", "png")}
     paths["samples"] = out_dir / "contributions_samples.csv"
     for path, table in ((paths["csv"], rows), (paths["samples"], per_sample_rows(result, classes, result["labels"]))):

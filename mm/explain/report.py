@@ -55,7 +55,7 @@ def explain_batch(model: torch.nn.Module, batch: dict[str, Any], out_dir: Path, 
     samples = []
     for b in range(len(batch["label"])):
         r = shap["logodds"]
-        pairs = [f"{a}x{c}" for a, c in shap["pairs"]]
+        pairs = [f"{a}:{c}" for a, c in shap["pairs"]]
         bars = contribution_bars(shap["modalities"], r["shapley"][b].tolist(), pairs, r["interaction"][b].tolist(),
                                  out_dir / f"{prefix}_contributions_{b}.png",
                                  f"{prefix}: exact modality Shapley values, class {_name(classes, int(shap['target'][b]))}")

@@ -193,6 +193,6 @@ def per_sample_rows(result: dict[str, Any], classes: list | None = None,
             for i, m in enumerate(result["modalities"]):
                 row[f"{name}/{m}"] = float(r["shapley"][b, i])
             for p, (a, c) in enumerate(result["pairs"]):
-                row[f"{name}/{a}x{c}"] = float(r["interaction"][b, p])
+                row[f"{name}/{a}:{c}"] = float(r["interaction"][b, p])
         rows.append(row)
     return rows
