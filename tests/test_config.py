@@ -75,7 +75,8 @@ def test_every_config_loads_and_builds(path, monkeypatch):
             enc.source = "tiny-bert"  # same code path as MiniLM, a fraction of the time
     from mm.model import build_model
 
-    model = build_model(cfg, num_classes=5)
+    tags = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]  # the token head needs its tag names
+    model = build_model(cfg, num_classes=5, classes=tags if cfg.head.name == "token" else None)
     assert sorted(model.encoders) == sorted(cfg.data.modalities)
     assert model.head.linear.out_features == 5
 
