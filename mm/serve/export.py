@@ -31,6 +31,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -134,8 +135,9 @@ def image_ops(encoder: ImageEncoder) -> list[dict[str, Any]]:
 def preprocessing(encoder: nn.Module, folder: Path, token_head: bool, batch_keys: tuple = ()) -> dict[str, Any]:
     """``bundle.json``'s section for one encoder; writes its files (tokenizer, filter bank) into ``folder``.
     ``batch_keys``: what the head reads from the batch (``word_shape``: the text's word shapes)."""
-    folder.mkdir(parents=True, exist_ok=True)
     m = encoder.modality
+    if not isinstance(encoder, ImageEncoder):  # the image section is settings only
+        folder.mkdir(parents=True, exist_ok=True)
     if isinstance(encoder, TextEncoder):
         if not encoder.tokenizer.is_fast:
             raise ExportRefused(f"text encoder ({encoder.source}): its tokenizer has no tokenizer.json (not a fast "
@@ -509,6 +511,9 @@ def export_loaded(model: MultimodalModel, classes: list, out_dir: str | Path, fm
             (staging / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp made it private
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
