@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Has new data drifted from a run's training data? Whether fine-tuning again is warranted, in one line.
+"""Has new data drifted from a run's data? Whether fine-tuning again is warranted, in one line.
 
     python scripts/drift.py RUN_DIR NEW_DATA [--split train] [--max-samples 500] [--permutations 1000]
                             [--alpha 0.05] [--out DIR]
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=run_argument, help="run folder or artifact:[entity/]project/name:alias")
     parser.add_argument("new_data", type=Path, help="JSONL manifest or dataset folder of the new data")
     parser.add_argument("--split", default="train", help="split of a dataset folder to test (default: train)")
+    parser.add_argument("--reference-split", default="val",
+                        help="split of the run's own data to compare with (default: val; the train split's features "
+                             "are fitted by a fine-tuned encoder and sit apart from any fresh data)")
     parser.add_argument("--max-samples", type=int, default=500, help="rows drawn from each side (default: 500)")
     parser.add_argument("--permutations", type=int, default=1000, help="permutations per MMD test (default: 1000)")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level (default: 0.05)")
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = check_drift(args.run_dir, args.new_data, args.split, args.max_samples, args.permutations,
-                             args.alpha, args.seed)
+                             args.alpha, args.seed, reference_split=args.reference_split)
     except (FileNotFoundError, ManifestError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
