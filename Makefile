@@ -11,6 +11,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 	$(BIN)/python -c "import torch, torchaudio, timm, transformers, wandb, mm"
+	@# The page's browser test drives Debian's chromium (skipped, saying why, where it cannot be installed).
+	command -v chromium >/dev/null 2>&1 || (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+		echo "chromium not installed: tests/test_serve_browser.py will be skipped"
 	touch $(STAMP)
 
 train: $(STAMP)
