@@ -33,9 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, interleave, log, ratios, row, write_row  # noqa: E402
+from common import (  # a sibling: python puts scripts/bench/ first on sys.path
+    command_line,
+    interleave,
+    log,
+    ratios,
+    row,
+    write_row,
+)
 
 
 def median_call(fn, calls: int) -> float:
